@@ -1,0 +1,342 @@
+//! The three extension traits: [`Step`], [`Verifier`] and [`Notifier`], and what
+//! they see while they work ([`StepContext`]).
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use serde::{Deserialize, Serialize};
+use tokio_util::sync::CancellationToken;
+
+use crate::approval::Approver;
+use crate::event::{Event, RunInfo};
+use crate::template::Resolver;
+
+/// Named results of a step, readable by later steps as `${steps.ID.NAME}`.
+pub type Outputs = BTreeMap<String, serde_json::Value>;
+
+/// Which outputs a step promises, so that `${steps.ID.NAME}` is checked when the
+/// plan is loaded instead of failing mid-run.
+#[derive(Debug, Clone, Copy)]
+pub enum OutputNames {
+    /// Exactly these names.
+    Fixed(&'static [&'static str]),
+    /// Names known only at run time (e.g. the keys of a secret that was read).
+    Any,
+}
+
+impl OutputNames {
+    /// Whether `name` may be referenced.
+    pub fn allows(&self, name: &str) -> bool {
+        match self {
+            OutputNames::Fixed(names) => names.contains(&name),
+            OutputNames::Any => true,
+        }
+    }
+}
+
+/// Why a step, verifier or notifier could not do its work.
+///
+/// `retryable` tells the executor's retry policy whether another attempt can
+/// help (a refused connection, a conflict, a 503); a wrong argument or a
+/// missing object is not retryable.
+#[derive(Debug, thiserror::Error)]
+#[error("{message}")]
+pub struct StepError {
+    message: String,
+    retryable: bool,
+    detail: Option<String>,
+    #[source]
+    source: Option<Box<dyn std::error::Error + Send + Sync>>,
+}
+
+impl StepError {
+    /// An error that another attempt will not fix.
+    pub fn fatal(message: impl Into<String>) -> Self {
+        StepError { message: message.into(), retryable: false, detail: None, source: None }
+    }
+
+    /// An error that may go away if the step is attempted again.
+    pub fn retryable(message: impl Into<String>) -> Self {
+        StepError { message: message.into(), retryable: true, detail: None, source: None }
+    }
+
+    /// Attaches the underlying cause.
+    pub fn with_source(mut self, source: impl std::error::Error + Send + Sync + 'static) -> Self {
+        self.source = Some(Box::new(source));
+        self
+    }
+
+    /// Attaches longer evidence (the tail of stderr, a response body).
+    pub fn with_detail(mut self, detail: impl Into<String>) -> Self {
+        self.detail = Some(detail.into());
+        self
+    }
+
+    /// Whether another attempt may succeed.
+    pub fn is_retryable(&self) -> bool {
+        self.retryable
+    }
+
+    /// The short message.
+    pub fn message(&self) -> &str {
+        &self.message
+    }
+
+    /// Longer evidence, if any.
+    pub fn detail(&self) -> Option<&str> {
+        self.detail.as_deref()
+    }
+
+    /// The message followed by its chain of causes, for reports.
+    pub fn full_message(&self) -> String {
+        let mut text = self.message.clone();
+        let mut cause = std::error::Error::source(self);
+        while let Some(err) = cause {
+            let part = err.to_string();
+            if !text.contains(&part) {
+                text.push_str(": ");
+                text.push_str(&part);
+            }
+            cause = err.source();
+        }
+        text
+    }
+}
+
+/// What a step would do, computed without side effects.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct Preview {
+    /// One line: what the step is about to do.
+    pub summary: String,
+    /// Each change it would make; empty means the target is already in the
+    /// desired state and running the step would change nothing.
+    pub changes: Vec<String>,
+}
+
+impl Preview {
+    /// A preview with a summary and the changes it would make.
+    pub fn new(summary: impl Into<String>, changes: Vec<String>) -> Self {
+        Preview { summary: summary.into(), changes }
+    }
+}
+
+/// One action against one system.
+///
+/// Contract:
+/// - `run` is idempotent: after a crash the executor runs an interrupted step
+///   again, so `run` checks the target's state before changing it and does no
+///   damage twice. It may also be retried after a retryable error or a timeout.
+/// - `preview` has no side effects: it may read, never write.
+/// - `undo` compensates a completed `run`, given the outputs that run returned;
+///   it is idempotent too.
+/// - Strings in a step's configuration may hold `${...}` references; resolve
+///   them with [`StepContext::resolve`] at run time, never at construction, so
+///   secrets are not held longer than needed.
+#[async_trait]
+pub trait Step: Send + Sync + fmt::Debug + 'static {
+    /// One line describing the step for people (no secret values).
+    fn describe(&self) -> String;
+
+    /// Names of the outputs `run` returns.
+    fn outputs(&self) -> OutputNames {
+        OutputNames::Fixed(&[])
+    }
+
+    /// What `run` would change, without changing anything.
+    async fn preview(&self, ctx: &StepContext) -> Result<Preview, StepError>;
+
+    /// Does the work and returns outputs for later steps.
+    async fn run(&self, ctx: &StepContext) -> Result<Outputs, StepError>;
+
+    /// Whether `undo` is supported.
+    fn can_undo(&self) -> bool {
+        false
+    }
+
+    /// Reverses a completed `run`.
+    async fn undo(&self, _ctx: &StepContext, _outputs: &Outputs) -> Result<(), StepError> {
+        Err(StepError::fatal("this kind cannot be undone"))
+    }
+}
+
+/// The result of one check: a measured value against a threshold.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Measurement {
+    /// Whether the observed value meets the expectation.
+    pub passed: bool,
+    /// What was measured, e.g. `200 in 12ms`.
+    pub observed: String,
+    /// What was expected, e.g. `status 200, latency <= 1s`.
+    pub expected: String,
+}
+
+impl Measurement {
+    /// A measurement; `passed` says whether it meets `expected`.
+    pub fn new(passed: bool, observed: impl Into<String>, expected: impl Into<String>) -> Self {
+        Measurement { passed, observed: observed.into(), expected: expected.into() }
+    }
+}
+
+/// A read-only check with a measured value and a threshold: after a rollback, in
+/// preflight, and as a trigger condition.
+///
+/// `check` must not change anything. An error means the value could not be
+/// measured; the executor counts it as a failed check and records the error.
+#[async_trait]
+pub trait Verifier: Send + Sync + fmt::Debug + 'static {
+    /// One line describing the check.
+    fn describe(&self) -> String;
+
+    /// Measures once.
+    async fn check(&self, ctx: &StepContext) -> Result<Measurement, StepError>;
+}
+
+/// Receives run events (started, step failed, finished, budget exceeded).
+///
+/// Notifiers run beside the rollback, never in its way: the executor delivers
+/// events from a queue with a timeout and retries, and a failure is journaled
+/// but never fails the run.
+#[async_trait]
+pub trait Notifier: Send + Sync + fmt::Debug + 'static {
+    /// One line describing where notifications go (no tokens).
+    fn describe(&self) -> String;
+
+    /// Delivers one event.
+    async fn notify(&self, run: &RunInfo, event: &Event) -> Result<(), StepError>;
+}
+
+/// What a step, verifier or notifier sees while it works.
+#[derive(Clone)]
+pub struct StepContext {
+    pub(crate) run_id: String,
+    pub(crate) step_id: String,
+    pub(crate) attempt: u32,
+    pub(crate) operator: String,
+    pub(crate) deadline: Option<Instant>,
+    pub(crate) cancel: CancellationToken,
+    pub(crate) resolver: Arc<Resolver>,
+    pub(crate) run_dir: PathBuf,
+    pub(crate) approver: Arc<dyn Approver>,
+    pub(crate) progress: Arc<dyn Fn(&str, &str) + Send + Sync>,
+}
+
+impl fmt::Debug for StepContext {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("StepContext")
+            .field("run_id", &self.run_id)
+            .field("step_id", &self.step_id)
+            .field("attempt", &self.attempt)
+            .finish_non_exhaustive()
+    }
+}
+
+impl StepContext {
+    /// A context for running a step or check outside a plan (tests, embedding).
+    pub fn standalone(step_id: impl Into<String>, run_dir: impl Into<PathBuf>) -> Self {
+        StepContext {
+            run_id: "standalone".into(),
+            step_id: step_id.into(),
+            attempt: 1,
+            operator: crate::plan::default_operator(),
+            deadline: None,
+            cancel: CancellationToken::new(),
+            resolver: Arc::new(Resolver::new(BTreeMap::new())),
+            run_dir: run_dir.into(),
+            approver: Arc::new(crate::approval::NonInteractive { assume_yes: false }),
+            progress: Arc::new(|_, _| {}),
+        }
+    }
+
+    /// The run's id.
+    pub fn run_id(&self) -> &str {
+        &self.run_id
+    }
+
+    /// The id of the step (or the name of the check) being run.
+    pub fn step_id(&self) -> &str {
+        &self.step_id
+    }
+
+    /// 1 for the first attempt, 2 for the first retry, and so on.
+    pub fn attempt(&self) -> u32 {
+        self.attempt
+    }
+
+    /// Who runs the plan.
+    pub fn operator(&self) -> &str {
+        &self.operator
+    }
+
+    /// When the plan's budget runs out, if it has one.
+    pub fn deadline(&self) -> Option<Instant> {
+        self.deadline
+    }
+
+    /// Time left before the budget runs out.
+    pub fn remaining(&self) -> Option<Duration> {
+        self.deadline.map(|d| d.saturating_duration_since(Instant::now()))
+    }
+
+    /// Cancelled when the operator interrupts the run; long waits should
+    /// `select!` on it.
+    pub fn cancellation(&self) -> &CancellationToken {
+        &self.cancel
+    }
+
+    /// Resolves `${env:NAME}`, `${file:PATH}`, `${var:NAME}` and
+    /// `${steps.ID.NAME}` in `template`. Values from `env:` and `file:` are
+    /// secrets: they are remembered so that [`StepContext::redact`] hides them.
+    pub fn resolve(&self, template: &str) -> Result<String, StepError> {
+        self.resolver.resolve(template).map_err(|e| StepError::fatal(e.to_string()))
+    }
+
+    /// Replaces every secret value seen in this run by `***`. Everything that
+    /// goes to the journal, the report and events passes through here already;
+    /// use it for text a step shows by other means.
+    pub fn redact(&self, text: &str) -> String {
+        self.resolver.redact(text)
+    }
+
+    /// Reports progress of a long step (shown live, journaled).
+    pub fn progress(&self, message: &str) {
+        (self.progress)(&self.step_id, &self.resolver.redact(message));
+    }
+
+    /// A folder for this step's files (backups, saved copies) inside the run's
+    /// directory in the state directory; created on first use.
+    pub fn artifact_dir(&self) -> std::io::Result<PathBuf> {
+        let dir = self.run_dir.join("artifacts").join(&self.step_id);
+        std::fs::create_dir_all(&dir)?;
+        Ok(dir)
+    }
+
+    /// Asks for approval (the `confirm` kind, approval policies).
+    pub fn approver(&self) -> &Arc<dyn Approver> {
+        &self.approver
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn assert_object_safe(_: Option<&dyn Step>, _: Option<&dyn Verifier>, _: Option<&dyn Notifier>) {}
+
+    #[test]
+    fn traits_are_object_safe() {
+        assert_object_safe(None, None, None);
+        let _: Vec<Arc<dyn Step>> = Vec::new();
+    }
+
+    #[test]
+    fn full_message_includes_causes_once() {
+        let io = std::io::Error::new(std::io::ErrorKind::NotFound, "no such file");
+        let err = StepError::fatal("reading config").with_source(io);
+        assert_eq!(err.full_message(), "reading config: no such file");
+        assert!(!err.is_retryable());
+    }
+}
