@@ -1,1 +1,5 @@
-fn main(){}
+//! The `rollback` command.
+
+fn main() {
+    std::process::exit(rollback_cli::main());
+}

@@ -42,7 +42,10 @@ pub struct NonInteractive {
 impl Approver for NonInteractive {
     async fn approve(&self, request: &ApprovalRequest) -> Result<Approval, String> {
         if self.assume_yes {
-            Ok(Approval { approved_by: request.operator.clone(), method: "--yes".into() })
+            Ok(Approval {
+                approved_by: request.operator.clone(),
+                method: "--yes".into(),
+            })
         } else {
             Err(format!(
                 "step `{}` needs confirmation (\"{}\") but this run has no terminal to ask: \

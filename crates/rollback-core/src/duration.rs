@@ -57,10 +57,14 @@ impl<'de> Deserialize<'de> for HumanDuration {
                 v.parse().map_err(E::custom)
             }
             fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<HumanDuration, E> {
-                Err(E::custom(format!("`{v}` has no unit; write e.g. {v}s or {v}ms")))
+                Err(E::custom(format!(
+                    "`{v}` has no unit; write e.g. {v}s or {v}ms"
+                )))
             }
             fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<HumanDuration, E> {
-                Err(E::custom(format!("`{v}` has no unit; write e.g. {v}s or {v}ms")))
+                Err(E::custom(format!(
+                    "`{v}` has no unit; write e.g. {v}s or {v}ms"
+                )))
             }
             fn visit_f64<E: serde::de::Error>(self, v: f64) -> Result<HumanDuration, E> {
                 Err(E::custom(format!("`{v}` has no unit; write e.g. 1500ms")))

@@ -111,6 +111,20 @@ pub struct RunInfo {
     pub started_at: String,
 }
 
+/// A step as planned, recorded when the run starts.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct StepInfo {
+    /// Step id.
+    pub id: String,
+    /// Its kind.
+    pub kind: String,
+    /// What it does (no secrets).
+    pub describe: String,
+    /// Steps it runs after.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub after: Vec<String>,
+}
+
 /// Something that happened during a run.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(tag = "event", rename_all = "snake_case")]
@@ -119,8 +133,8 @@ pub enum Event {
     RunStarted {
         /// Who, why, which plan.
         run: RunInfo,
-        /// Step ids in plan order.
-        steps: Vec<String>,
+        /// The plan's steps in file order.
+        steps: Vec<StepInfo>,
     },
     /// An interrupted run was picked up again.
     RunResumed {

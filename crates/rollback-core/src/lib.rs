@@ -2,15 +2,29 @@
 
 pub mod approval;
 pub mod duration;
+pub mod error;
 pub mod event;
+pub mod executor;
+pub mod journal;
 pub mod kinds;
 pub mod plan;
 pub mod registry;
+pub mod report;
+pub mod retry;
+pub mod schema;
 pub mod step;
 pub mod template;
+pub mod yaml;
 
 pub use approval::{Approval, ApprovalRequest, Approver, NonInteractive};
 pub use duration::HumanDuration;
+pub use error::{Diagnostic, Error, LockHolder, Result};
 pub use event::{CheckPhase, Event, Outcome, RunInfo, RunStatus};
+pub use executor::{Executor, PreviewReport, RunOptions, StepPreview};
+pub use journal::{FileJournal, JournalStore, Record, RunJournal, RunSummary, StoredRun};
+pub use plan::{BudgetPolicy, FailurePolicy, Plan, PlanCheck, PlanNotifier, PlanSource, PlanStep};
 pub use registry::{ConfigError, Registry};
-pub use step::{Measurement, Notifier, OutputNames, Outputs, Preview, Step, StepContext, StepError, Verifier};
+pub use report::{CheckReport, RunReport, StepReport};
+pub use step::{
+    Measurement, Notifier, OutputNames, Outputs, Preview, Step, StepContext, StepError, Verifier,
+};

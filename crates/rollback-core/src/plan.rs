@@ -1,6 +1,1440 @@
-//! Plans (placeholder while the loader is written).
+//! Plans: what to run, in which order, within which budget; loaded from YAML
+//! with every mistake reported at its `file:line:column`.
 
-/// `$USER`, else `$LOGNAME`, else `unknown`.
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use crate::error::{Diagnostic, Error, Result};
+use crate::event::Event;
+use crate::registry::{BuildError, KindEntry, Registry};
+use crate::step::{Notifier, OutputNames, Step, Verifier};
+use crate::template::{self, Reference};
+use crate::yaml::{self, display_path, Node, PathSeg, Pos, Value};
+
+/// The budget when a plan names none: the seeds' "< 5 minutes" rule.
+pub const DEFAULT_BUDGET: Duration = Duration::from_secs(300);
+/// How long one measurement of a check may take by default.
+pub const DEFAULT_CHECK_TIMEOUT: Duration = Duration::from_secs(10);
+/// Pause between measurements of a check that has a `within` window.
+pub const DEFAULT_CHECK_INTERVAL: Duration = Duration::from_secs(1);
+/// How long one delivery of a notification may take by default.
+pub const DEFAULT_NOTIFY_TIMEOUT: Duration = Duration::from_secs(10);
+/// First retry delay of a step with `retries` and no `backoff`.
+pub const DEFAULT_BACKOFF: Duration = Duration::from_millis(500);
+
+/// `$USER`, else `$LOGNAME`, else the name of the process's user in
+/// /etc/passwd, else `uid N`.
 pub fn default_operator() -> String {
-    std::env::var("USER").or_else(|_| std::env::var("LOGNAME")).unwrap_or_else(|_| "unknown".into())
+    if let Some(name) = ["USER", "LOGNAME"]
+        .iter()
+        .find_map(|v| std::env::var(v).ok().filter(|n| !n.is_empty()))
+    {
+        return name;
+    }
+    use std::os::unix::fs::MetadataExt;
+    let Ok(uid) = std::fs::metadata("/proc/self").map(|m| m.uid()) else {
+        return "unknown".into();
+    };
+    std::fs::read_to_string("/etc/passwd")
+        .ok()
+        .and_then(|passwd| {
+            passwd.lines().find_map(|line| {
+                let mut fields = line.split(':');
+                let name = fields.next()?;
+                (fields.nth(1)?.parse::<u32>().ok()? == uid).then(|| name.to_string())
+            })
+        })
+        .unwrap_or_else(|| format!("uid {uid}"))
+}
+
+/// What to do when a step fails.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FailurePolicy {
+    /// Start no new step; let running ones finish; report. (default)
+    #[default]
+    Abort,
+    /// Skip the steps that depend on the failed one; run the rest.
+    Continue,
+    /// Abort, then undo the completed steps in reverse order of completion.
+    Compensate,
+}
+
+/// What to do when the budget runs out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum BudgetPolicy {
+    /// Interrupt running steps and stop (then apply `on_failure`). (default)
+    #[default]
+    Abort,
+    /// Record the overrun, announce it, and carry on.
+    Continue,
+}
+
+/// Where a plan came from: its text and digest (recorded with every run).
+#[derive(Debug, Clone)]
+pub struct PlanSource {
+    /// The file, if loaded from one.
+    pub path: Option<PathBuf>,
+    /// The file's text (holds `${...}` references, never resolved secrets).
+    pub text: String,
+    /// `sha256:<hex>` of the text.
+    pub digest: String,
+}
+
+/// A step in a plan, with its scheduling settings.
+#[derive(Debug, Clone)]
+pub struct PlanStep {
+    /// Unique id, used by `after:` and `${steps.ID.NAME}`.
+    pub id: String,
+    /// The kind name (`exec`, `k8s.rollout_undo`).
+    pub kind: String,
+    /// Ids of steps that must succeed before this one starts.
+    pub after: Vec<String>,
+    /// Limit for one attempt.
+    pub timeout: Option<Duration>,
+    /// Further attempts after a retryable error or a timeout.
+    pub retries: u32,
+    /// Delay before the first retry; doubles each time, with jitter.
+    pub backoff: Duration,
+    /// The step itself.
+    pub step: Arc<dyn Step>,
+}
+
+impl PlanStep {
+    /// A step with no dependencies, no timeout and no retries.
+    pub fn new(id: impl Into<String>, kind: impl Into<String>, step: Arc<dyn Step>) -> Self {
+        PlanStep {
+            id: id.into(),
+            kind: kind.into(),
+            after: Vec::new(),
+            timeout: None,
+            retries: 0,
+            backoff: DEFAULT_BACKOFF,
+            step,
+        }
+    }
+
+    /// Adds dependencies.
+    pub fn after<I: IntoIterator<Item = S>, S: Into<String>>(mut self, ids: I) -> Self {
+        self.after.extend(ids.into_iter().map(Into::into));
+        self
+    }
+
+    /// Sets the per-attempt timeout.
+    pub fn timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = Some(timeout);
+        self
+    }
+
+    /// Sets retries and the first backoff.
+    pub fn retries(mut self, retries: u32, backoff: Duration) -> Self {
+        self.retries = retries;
+        self.backoff = backoff;
+        self
+    }
+}
+
+/// A verification or preflight check in a plan.
+#[derive(Debug, Clone)]
+pub struct PlanCheck {
+    /// Unique name within its list.
+    pub name: String,
+    /// The kind name.
+    pub kind: String,
+    /// Limit for one measurement.
+    pub timeout: Duration,
+    /// Keep measuring until it passes or this window closes (a service
+    /// needs a moment after a rollback). `None`: measure once.
+    pub within: Option<Duration>,
+    /// Pause between measurements inside `within`.
+    pub interval: Duration,
+    /// The check itself.
+    pub verifier: Arc<dyn Verifier>,
+}
+
+impl PlanCheck {
+    /// A check measured once with the default timeout.
+    pub fn new(
+        name: impl Into<String>,
+        kind: impl Into<String>,
+        verifier: Arc<dyn Verifier>,
+    ) -> Self {
+        PlanCheck {
+            name: name.into(),
+            kind: kind.into(),
+            timeout: DEFAULT_CHECK_TIMEOUT,
+            within: None,
+            interval: DEFAULT_CHECK_INTERVAL,
+            verifier,
+        }
+    }
+}
+
+/// A notifier in a plan.
+#[derive(Debug, Clone)]
+pub struct PlanNotifier {
+    /// The kind name.
+    pub kind: String,
+    /// Which event classes it receives (see [`Event::NOTIFIABLE`]).
+    pub events: Vec<String>,
+    /// Limit for one delivery.
+    pub timeout: Duration,
+    /// Further attempts after a failed delivery.
+    pub retries: u32,
+    /// The notifier itself.
+    pub notifier: Arc<dyn Notifier>,
+}
+
+/// A validated plan, ready to run.
+#[derive(Debug, Clone)]
+pub struct Plan {
+    /// Name; the lock and history are per name.
+    pub name: String,
+    /// What the plan is for.
+    pub description: Option<String>,
+    /// Time allowed for the whole run.
+    pub budget: Option<Duration>,
+    /// What a failed step leads to.
+    pub on_failure: FailurePolicy,
+    /// What running out of budget leads to.
+    pub on_budget_exceeded: BudgetPolicy,
+    /// Most steps running at once.
+    pub concurrency: usize,
+    /// Plan variables after overrides.
+    pub vars: BTreeMap<String, String>,
+    /// Steps in file order.
+    pub steps: Vec<PlanStep>,
+    /// Checks after the steps.
+    pub verify: Vec<PlanCheck>,
+    /// Checks before any step; a failure stops the run.
+    pub preflight: Vec<PlanCheck>,
+    /// Who hears about the run.
+    pub notify: Vec<PlanNotifier>,
+    /// Text and digest.
+    pub source: PlanSource,
+}
+
+/// sha256 digest of a plan's text, as recorded in the journal.
+pub fn digest(text: &str) -> String {
+    format!("sha256:{}", hex::encode(Sha256::digest(text.as_bytes())))
+}
+
+impl Plan {
+    /// An empty plan built in code (embedding, tests); add steps, then call
+    /// [`Plan::check`].
+    pub fn new(name: impl Into<String>) -> Self {
+        let name = name.into();
+        Plan {
+            source: PlanSource {
+                path: None,
+                text: String::new(),
+                digest: digest(&name),
+            },
+            name,
+            description: None,
+            budget: Some(DEFAULT_BUDGET),
+            on_failure: FailurePolicy::Abort,
+            on_budget_exceeded: BudgetPolicy::Abort,
+            concurrency: default_concurrency(),
+            vars: BTreeMap::new(),
+            steps: Vec::new(),
+            verify: Vec::new(),
+            preflight: Vec::new(),
+            notify: Vec::new(),
+        }
+    }
+
+    /// Checks a plan built in code: unique ids, known `after:` targets, no
+    /// cycles. Plans loaded from files are checked while loading.
+    pub fn check(&self) -> Result<()> {
+        let mut diags = Vec::new();
+        check_graph(&self.steps, &HashSet::new(), &mut |field, message, hint| {
+            diags.push(Diagnostic {
+                line: 0,
+                column: 0,
+                field,
+                message,
+                hint,
+            })
+        });
+        if diags.is_empty() {
+            Ok(())
+        } else {
+            Err(Error::InvalidPlan {
+                file: self.name.clone(),
+                diagnostics: diags,
+            })
+        }
+    }
+
+    /// Loads and validates a plan file. `vars` override the plan's `vars:`.
+    pub fn load(
+        path: impl AsRef<Path>,
+        registry: &Registry,
+        vars: &BTreeMap<String, String>,
+    ) -> Result<Plan> {
+        let path = path.as_ref();
+        let text = std::fs::read_to_string(path).map_err(|source| Error::PlanUnreadable {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        let mut plan = Plan::from_yaml(&text, &path.display().to_string(), registry, vars)?;
+        plan.source.path = Some(path.to_path_buf());
+        Ok(plan)
+    }
+
+    /// Validates a plan given as text; `file` names it in messages.
+    pub fn from_yaml(
+        text: &str,
+        file: &str,
+        registry: &Registry,
+        vars: &BTreeMap<String, String>,
+    ) -> Result<Plan> {
+        let root = yaml::parse(text).map_err(|e| Error::InvalidPlan {
+            file: file.to_string(),
+            diagnostics: vec![Diagnostic {
+                line: e.pos.line,
+                column: e.pos.column,
+                field: "(syntax)".into(),
+                message: e.message,
+                hint: None,
+            }],
+        })?;
+        let mut loader = Loader {
+            root: &root,
+            registry,
+            diags: Vec::new(),
+        };
+        let plan = loader.plan(text, vars);
+        if loader.diags.is_empty() {
+            if let Some(plan) = plan {
+                return Ok(plan);
+            }
+        }
+        let mut diagnostics = loader.diags;
+        diagnostics.sort_by_key(|d| (d.line, d.column));
+        Err(Error::InvalidPlan {
+            file: file.to_string(),
+            diagnostics,
+        })
+    }
+
+    /// The folder relative `${file:...}` paths are read from.
+    pub fn base_dir(&self) -> Option<PathBuf> {
+        self.source
+            .path
+            .as_ref()
+            .and_then(|p| p.parent())
+            .map(|p| p.to_path_buf())
+    }
+
+    /// Index of each step id.
+    pub(crate) fn step_index(&self) -> HashMap<&str, usize> {
+        self.steps
+            .iter()
+            .enumerate()
+            .map(|(i, s)| (s.id.as_str(), i))
+            .collect()
+    }
+}
+
+fn default_concurrency() -> usize {
+    16
+}
+
+/// Nearest candidate to `word`, if one is close enough to be a likely typo.
+pub(crate) fn nearest<'a>(
+    word: &str,
+    candidates: impl IntoIterator<Item = &'a str>,
+) -> Option<&'a str> {
+    candidates
+        .into_iter()
+        .map(|c| (strsim::jaro_winkler(word, c), c))
+        .filter(|(score, _)| *score >= 0.8)
+        .max_by(|a, b| a.0.total_cmp(&b.0))
+        .map(|(_, c)| c)
+}
+
+fn did_you_mean<'a>(word: &str, candidates: impl IntoIterator<Item = &'a str>) -> Option<String> {
+    nearest(word, candidates).map(|c| format!("did you mean `{c}`?"))
+}
+
+/// Checks ids, `after:` targets and cycles; calls `report(field, message, hint)`.
+///
+/// `declared` holds ids of entries that could not be built (already reported);
+/// an `after:` naming one of them is not reported again.
+fn check_graph(
+    steps: &[PlanStep],
+    declared: &HashSet<String>,
+    report: &mut dyn FnMut(String, String, Option<String>),
+) {
+    let mut index: HashMap<&str, usize> = HashMap::new();
+    for (i, step) in steps.iter().enumerate() {
+        if index.insert(step.id.as_str(), i).is_some() {
+            report(
+                format!("steps[{i}].id"),
+                format!("step id `{}` is used twice", step.id),
+                None,
+            );
+        }
+    }
+    let mut bad_edge = false;
+    for (i, step) in steps.iter().enumerate() {
+        for (j, dep) in step.after.iter().enumerate() {
+            if dep == &step.id {
+                report(
+                    format!("steps[{i}].after[{j}]"),
+                    format!("step `{dep}` cannot come after itself"),
+                    None,
+                );
+                bad_edge = true;
+            } else if declared.contains(dep) && !index.contains_key(dep.as_str()) {
+                bad_edge = true;
+            } else if !index.contains_key(dep.as_str()) {
+                let hint = did_you_mean(dep, steps.iter().map(|s| s.id.as_str()));
+                report(
+                    format!("steps[{i}].after[{j}]"),
+                    format!("no step with id `{dep}`"),
+                    hint,
+                );
+                bad_edge = true;
+            }
+        }
+    }
+    if bad_edge {
+        return;
+    }
+    // Iterative DFS; a back edge closes a cycle, which is named in full.
+    #[derive(Clone, Copy, PartialEq)]
+    enum Mark {
+        New,
+        Open,
+        Done,
+    }
+    let mut mark = vec![Mark::New; steps.len()];
+    for start in 0..steps.len() {
+        if mark[start] != Mark::New {
+            continue;
+        }
+        let mut stack: Vec<(usize, usize)> = vec![(start, 0)];
+        mark[start] = Mark::Open;
+        while let Some(&mut (node, ref mut next)) = stack.last_mut() {
+            if let Some(dep) = steps[node].after.get(*next) {
+                *next += 1;
+                let d = index[dep.as_str()];
+                match mark[d] {
+                    Mark::New => {
+                        mark[d] = Mark::Open;
+                        stack.push((d, 0));
+                    }
+                    Mark::Open => {
+                        let from = stack.iter().position(|(n, _)| *n == d).unwrap_or(0);
+                        let mut names: Vec<&str> = stack[from..]
+                            .iter()
+                            .map(|(n, _)| steps[*n].id.as_str())
+                            .collect();
+                        names.reverse();
+                        names.insert(0, steps[d].id.as_str());
+                        let cycle = names.join(" → ");
+                        report(
+                            format!("steps[{node}].after"),
+                            format!("steps depend on each other in a cycle: {cycle} (each runs after the next)"),
+                            Some("remove one of these `after:` entries".into()),
+                        );
+                    }
+                    Mark::Done => {}
+                }
+            } else {
+                mark[node] = Mark::Done;
+                stack.pop();
+            }
+        }
+    }
+}
+
+const PLAN_FIELDS: &[&str] = &[
+    "name",
+    "description",
+    "budget",
+    "on_failure",
+    "on_budget_exceeded",
+    "concurrency",
+    "vars",
+    "steps",
+    "verify",
+    "preflight",
+    "notify",
+];
+const STEP_FIELDS: &[&str] = &["id", "kind", "after", "timeout", "retries", "backoff"];
+const CHECK_FIELDS: &[&str] = &["name", "kind", "timeout", "within", "interval"];
+const NOTIFY_FIELDS: &[&str] = &["kind", "events", "timeout", "retries"];
+
+struct Loader<'a> {
+    root: &'a Node,
+    registry: &'a Registry,
+    diags: Vec<Diagnostic>,
+}
+
+fn key(k: &str) -> PathSeg {
+    PathSeg::Key(k.to_string())
+}
+
+fn join(base: &[PathSeg], more: &[PathSeg]) -> Vec<PathSeg> {
+    base.iter().chain(more).cloned().collect()
+}
+
+impl Loader<'_> {
+    fn report_at(
+        &mut self,
+        pos: Pos,
+        path: &[PathSeg],
+        message: impl Into<String>,
+        hint: Option<String>,
+    ) {
+        self.diags.push(Diagnostic {
+            line: pos.line,
+            column: pos.column,
+            field: if path.is_empty() {
+                "(plan)".into()
+            } else {
+                display_path(path)
+            },
+            message: message.into(),
+            hint,
+        });
+    }
+
+    fn report(&mut self, path: &[PathSeg], message: impl Into<String>, hint: Option<String>) {
+        let pos = self.root.locate(path);
+        self.report_at(pos, path, message, hint);
+    }
+
+    /// Reports keys of a mapping that are not in `known` (or the kind's
+    /// own fields, checked later by the kind).
+    fn check_keys(&mut self, node: &Node, path: &[PathSeg], known: &[&str]) {
+        if let Value::Map(entries) = &node.value {
+            for (k, _) in entries {
+                let name = k.as_str().unwrap_or_default();
+                if !known.contains(&name) {
+                    let hint = did_you_mean(name, known.iter().copied());
+                    let p = join(path, &[key(name)]);
+                    self.report_at(k.pos, &p, format!("unknown field `{name}`"), hint);
+                }
+            }
+        }
+    }
+
+    fn string(&mut self, node: &Node, path: &[PathSeg]) -> Option<String> {
+        match &node.value {
+            Value::Str(s) => Some(s.clone()),
+            _ => {
+                self.report(
+                    path,
+                    format!("expected a string, found {}", node.type_name()),
+                    None,
+                );
+                None
+            }
+        }
+    }
+
+    fn duration(&mut self, node: &Node, path: &[PathSeg]) -> Option<Duration> {
+        match &node.value {
+            Value::Str(s) => match s.parse::<crate::duration::HumanDuration>() {
+                Ok(d) => Some(d.get()),
+                Err(e) => {
+                    self.report(path, e, None);
+                    None
+                }
+            },
+            Value::Int(i) => {
+                self.report(
+                    path,
+                    format!("`{i}` has no unit"),
+                    Some(format!("write `{i}s` or `{i}ms`")),
+                );
+                None
+            }
+            _ => {
+                self.report(
+                    path,
+                    format!(
+                        "expected a duration such as 30s, found {}",
+                        node.type_name()
+                    ),
+                    None,
+                );
+                None
+            }
+        }
+    }
+
+    fn uint(&mut self, node: &Node, path: &[PathSeg], min: i64) -> Option<u64> {
+        match node.value {
+            Value::Int(i) if i >= min => u64::try_from(i).ok(),
+            _ => {
+                self.report(
+                    path,
+                    format!(
+                        "expected a whole number >= {min}, found {}",
+                        node.type_name()
+                    ),
+                    None,
+                );
+                None
+            }
+        }
+    }
+
+    fn choice<T: Copy>(
+        &mut self,
+        node: &Node,
+        path: &[PathSeg],
+        options: &[(&str, T)],
+    ) -> Option<T> {
+        let text = self.string(node, path)?;
+        match options.iter().find(|(name, _)| *name == text) {
+            Some((_, v)) => Some(*v),
+            None => {
+                let names: Vec<&str> = options.iter().map(|(n, _)| *n).collect();
+                let hint = did_you_mean(&text, names.iter().copied())
+                    .or_else(|| Some(format!("one of: {}", names.join(", "))));
+                self.report(path, format!("`{text}` is not a valid value"), hint);
+                None
+            }
+        }
+    }
+
+    fn list<'n>(&mut self, node: &'n Node, path: &[PathSeg]) -> Option<&'n [Node]> {
+        match &node.value {
+            Value::Seq(items) => Some(items),
+            Value::Null => Some(&[]),
+            _ => {
+                self.report(
+                    path,
+                    format!("expected a list, found {}", node.type_name()),
+                    None,
+                );
+                None
+            }
+        }
+    }
+
+    fn plan(&mut self, text: &str, overrides: &BTreeMap<String, String>) -> Option<Plan> {
+        let root = self.root;
+        if !matches!(root.value, Value::Map(_)) {
+            self.report(
+                &[],
+                format!(
+                    "a plan is a mapping with `name:` and `steps:`, found {}",
+                    root.type_name()
+                ),
+                None,
+            );
+            return None;
+        }
+        self.check_keys(root, &[], PLAN_FIELDS);
+
+        let name = match root.get("name") {
+            Some(n) => self.string(n, &[key("name")]).unwrap_or_default(),
+            None => {
+                self.report(
+                    &[],
+                    "missing field `name`",
+                    Some("add `name: my-service` at the top".into()),
+                );
+                String::new()
+            }
+        };
+        if !name.is_empty()
+            && !name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+        {
+            self.report(
+                &[key("name")],
+                format!("`{name}` may hold only letters, digits, `-`, `_` and `.`"),
+                None,
+            );
+        }
+        let description = root
+            .get("description")
+            .and_then(|n| self.string(n, &[key("description")]));
+        let budget = match root.get("budget") {
+            Some(n) if n.value == Value::Null => None,
+            Some(n) => self.duration(n, &[key("budget")]),
+            None => Some(DEFAULT_BUDGET),
+        };
+        let on_failure = root
+            .get("on_failure")
+            .and_then(|n| {
+                self.choice(
+                    n,
+                    &[key("on_failure")],
+                    &[
+                        ("abort", FailurePolicy::Abort),
+                        ("continue", FailurePolicy::Continue),
+                        ("compensate", FailurePolicy::Compensate),
+                    ],
+                )
+            })
+            .unwrap_or_default();
+        let on_budget_exceeded = root
+            .get("on_budget_exceeded")
+            .and_then(|n| {
+                self.choice(
+                    n,
+                    &[key("on_budget_exceeded")],
+                    &[
+                        ("abort", BudgetPolicy::Abort),
+                        ("continue", BudgetPolicy::Continue),
+                    ],
+                )
+            })
+            .unwrap_or_default();
+        let concurrency = root
+            .get("concurrency")
+            .and_then(|n| self.uint(n, &[key("concurrency")], 1))
+            .map(|c| c as usize)
+            .unwrap_or_else(default_concurrency);
+        let vars = self.vars(root.get("vars"), overrides);
+
+        let steps = match root.get("steps") {
+            Some(n) => self.steps(n, &vars),
+            None => {
+                self.report(
+                    &[],
+                    "missing field `steps`",
+                    Some("a plan needs at least one step".into()),
+                );
+                Vec::new()
+            }
+        };
+        let step_ids: Vec<String> = steps.iter().map(|s| s.id.clone()).collect();
+        let verify = self.checks(root.get("verify"), "verify", &vars, Some(&step_ids));
+        let preflight = self.checks(root.get("preflight"), "preflight", &vars, None);
+        let notify = self.notifiers(root.get("notify"), &vars, &step_ids);
+
+        Some(Plan {
+            name,
+            description,
+            budget,
+            on_failure,
+            on_budget_exceeded,
+            concurrency,
+            vars,
+            steps,
+            verify,
+            preflight,
+            notify,
+            source: PlanSource {
+                path: None,
+                text: text.to_string(),
+                digest: digest(text),
+            },
+        })
+    }
+
+    fn vars(
+        &mut self,
+        node: Option<&Node>,
+        overrides: &BTreeMap<String, String>,
+    ) -> BTreeMap<String, String> {
+        let mut vars = BTreeMap::new();
+        let mut required = Vec::new();
+        if let Some(node) = node {
+            match &node.value {
+                Value::Map(entries) => {
+                    for (k, v) in entries {
+                        let name = k.as_str().unwrap_or_default().to_string();
+                        let path = [key("vars"), key(&name)];
+                        match &v.value {
+                            Value::Str(s) => {
+                                vars.insert(name, s.clone());
+                            }
+                            Value::Int(i) => {
+                                vars.insert(name, i.to_string());
+                            }
+                            Value::Float(f) => {
+                                vars.insert(name, f.to_string());
+                            }
+                            Value::Bool(b) => {
+                                vars.insert(name, b.to_string());
+                            }
+                            Value::Null => required.push((name, k.pos)),
+                            _ => self.report(&path, "a variable holds a single value", None),
+                        }
+                    }
+                }
+                Value::Null => {}
+                _ => self.report(
+                    &[key("vars")],
+                    format!("expected a mapping, found {}", node.type_name()),
+                    None,
+                ),
+            }
+        }
+        let declared: Vec<String> = vars
+            .keys()
+            .cloned()
+            .chain(required.iter().map(|(n, _)| n.clone()))
+            .collect();
+        for (name, value) in overrides {
+            if !declared.contains(name) {
+                let hint = did_you_mean(name, declared.iter().map(String::as_str)).or_else(|| {
+                    Some(format!(
+                        "declare it under `vars:` (declared: {})",
+                        declared.join(", ")
+                    ))
+                });
+                self.diags.push(Diagnostic {
+                    line: 0,
+                    column: 0,
+                    field: format!("--var {name}"),
+                    message: format!("the plan declares no variable `{name}`"),
+                    hint,
+                });
+            } else {
+                vars.insert(name.clone(), value.clone());
+            }
+        }
+        for (name, pos) in required {
+            if !vars.contains_key(&name) {
+                self.report_at(
+                    pos,
+                    &[key("vars"), key(&name)],
+                    format!("variable `{name}` has no value"),
+                    Some(format!("pass --var {name}=VALUE")),
+                );
+            }
+        }
+        vars
+    }
+
+    /// Splits an entry into its common fields and the kind's configuration.
+    fn split(&self, node: &Node, common: &[&str]) -> serde_json::Value {
+        let mut config = serde_json::Map::new();
+        if let Value::Map(entries) = &node.value {
+            for (k, v) in entries {
+                let name = k.as_str().unwrap_or_default();
+                if !common.contains(&name) {
+                    config.insert(name.to_string(), v.to_json());
+                }
+            }
+        }
+        serde_json::Value::Object(config)
+    }
+
+    fn build<T: ?Sized>(
+        &mut self,
+        entry: &KindEntry<T>,
+        node: &Node,
+        path: &[PathSeg],
+        common: &[&str],
+    ) -> Option<Arc<T>> {
+        match entry.build(self.split(node, common)) {
+            Ok(built) => Some(built),
+            Err(BuildError::Shape { path: rel, message }) => {
+                let mut full = join(path, &rel);
+                let mut hint = None;
+                if let Some(rest) = message.strip_prefix("unknown field `") {
+                    // serde: unknown field `x`, expected one of `a`, `b`
+                    let mut names = rest.split('`').step_by(2);
+                    let field = names.next().unwrap_or_default().to_string();
+                    let candidates: Vec<&str> = names.chain(common.iter().copied()).collect();
+                    hint = did_you_mean(&field, candidates.iter().copied());
+                    if full.last() != Some(&PathSeg::Key(field.clone())) {
+                        full.push(key(&field));
+                    }
+                } else if message.contains("expected a string") {
+                    hint = Some("put the value in quotes".into());
+                }
+                self.report(&full, message, hint);
+                None
+            }
+            Err(BuildError::Config(e)) => {
+                let full = match &e.field {
+                    Some(f) => join(path, &[key(f)]),
+                    None => path.to_vec(),
+                };
+                self.report(&full, e.message, None);
+                None
+            }
+        }
+    }
+
+    fn steps(&mut self, node: &Node, vars: &BTreeMap<String, String>) -> Vec<PlanStep> {
+        let Some(items) = self.list(node, &[key("steps")]) else {
+            return Vec::new();
+        };
+        if items.is_empty() {
+            self.report(&[key("steps")], "a plan needs at least one step", None);
+        }
+        let mut steps = Vec::new();
+        // Positions of entries whose step could be built, for reference checks.
+        let mut built: Vec<(usize, &Node)> = Vec::new();
+        for (i, item) in items.iter().enumerate() {
+            let path = vec![key("steps"), PathSeg::Index(i)];
+            if !matches!(item.value, Value::Map(_)) {
+                self.report(
+                    &path,
+                    format!(
+                        "a step is a mapping with `id:` and `kind:`, found {}",
+                        item.type_name()
+                    ),
+                    None,
+                );
+                continue;
+            }
+            let id = match item.get("id") {
+                Some(n) => self.string(n, &join(&path, &[key("id")])),
+                None => {
+                    self.report(
+                        &path,
+                        "step has no `id`",
+                        Some("add `id: some_name`".into()),
+                    );
+                    None
+                }
+            };
+            if let Some(id) = &id {
+                if id.is_empty()
+                    || !id
+                        .chars()
+                        .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+                {
+                    self.report(
+                        &join(&path, &[key("id")]),
+                        format!("step id `{id}` may hold only letters, digits, `_` and `-`"),
+                        None,
+                    );
+                }
+            }
+            let kind = match item.get("kind") {
+                Some(n) => self.string(n, &join(&path, &[key("kind")])),
+                None => {
+                    self.report(
+                        &path,
+                        "step has no `kind`",
+                        Some(format!("one of: {}", self.step_kind_list())),
+                    );
+                    None
+                }
+            };
+            let after = match item.get("after") {
+                None => Vec::new(),
+                Some(n) => match &n.value {
+                    Value::Str(s) => vec![s.clone()],
+                    Value::Seq(list) => list
+                        .iter()
+                        .enumerate()
+                        .filter_map(|(j, d)| {
+                            self.string(d, &join(&path, &[key("after"), PathSeg::Index(j)]))
+                        })
+                        .collect(),
+                    _ => {
+                        self.report(
+                            &join(&path, &[key("after")]),
+                            "expected a step id or a list of step ids",
+                            None,
+                        );
+                        Vec::new()
+                    }
+                },
+            };
+            let timeout = item
+                .get("timeout")
+                .and_then(|n| self.duration(n, &join(&path, &[key("timeout")])));
+            let retries = item
+                .get("retries")
+                .and_then(|n| self.uint(n, &join(&path, &[key("retries")]), 0))
+                .map(|r| r as u32)
+                .unwrap_or(0);
+            let backoff = item
+                .get("backoff")
+                .and_then(|n| self.duration(n, &join(&path, &[key("backoff")])))
+                .unwrap_or(DEFAULT_BACKOFF);
+            let (Some(id), Some(kind)) = (id, kind) else {
+                continue;
+            };
+            let step = match self.registry.steps.get(&kind) {
+                Some(entry) => self.build(entry, item, &path, STEP_FIELDS),
+                None => {
+                    let hint = did_you_mean(&kind, self.registry.steps.keys().map(String::as_str))
+                        .or_else(|| {
+                            self.registry.verifiers.contains_key(&kind).then(|| {
+                                format!(
+                                    "`{kind}` is a check: list it under `verify:` or `preflight:`"
+                                )
+                            })
+                        })
+                        .or_else(|| Some(format!("known step kinds: {}", self.step_kind_list())));
+                    self.report(
+                        &join(&path, &[key("kind")]),
+                        format!("unknown step kind `{kind}`"),
+                        hint,
+                    );
+                    None
+                }
+            };
+            let Some(step) = step else { continue };
+            built.push((steps.len(), item));
+            steps.push(PlanStep {
+                id,
+                kind,
+                after,
+                timeout,
+                retries,
+                backoff,
+                step,
+            });
+        }
+        let declared: HashSet<String> = items
+            .iter()
+            .filter_map(|i| i.get("id").and_then(Node::as_str))
+            .map(str::to_string)
+            .collect();
+        let before = self.diags.len();
+        check_graph(&steps, &declared, &mut |field, message, hint| {
+            self.diags.push(Diagnostic {
+                line: 0,
+                column: 0,
+                field,
+                message,
+                hint,
+            })
+        });
+        // check_graph speaks of indexes among built steps; give its findings positions.
+        for d in &mut self.diags[before..] {
+            let (pos, field) = graph_position(self.root, &built, &d.field);
+            d.line = pos.line;
+            d.column = pos.column;
+            d.field = field;
+        }
+        if self.diags.len() == before {
+            for (n, item) in &built {
+                let i = items
+                    .iter()
+                    .position(|x| std::ptr::eq(x, *item))
+                    .unwrap_or(0);
+                let path = vec![key("steps"), PathSeg::Index(i)];
+                self.check_references(
+                    item,
+                    &path,
+                    STEP_FIELDS,
+                    vars,
+                    RefScope::Step {
+                        steps: &steps,
+                        me: *n,
+                    },
+                );
+            }
+        }
+        steps
+    }
+
+    fn step_kind_list(&self) -> String {
+        self.registry
+            .steps
+            .keys()
+            .map(String::as_str)
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+
+    fn check_references(
+        &mut self,
+        node: &Node,
+        path: &[PathSeg],
+        common: &[&str],
+        vars: &BTreeMap<String, String>,
+        scope: RefScope<'_>,
+    ) {
+        for (rel, text, pos) in node.strings() {
+            if let Some(PathSeg::Key(first)) = rel.first() {
+                if common.contains(&first.as_str()) {
+                    continue;
+                }
+            }
+            let full = join(path, &rel);
+            let refs = match template::references(text) {
+                Ok(refs) => refs,
+                Err(e) => {
+                    self.report_at(pos, &full, e.to_string(), None);
+                    continue;
+                }
+            };
+            for r in refs {
+                match r {
+                    Reference::Var(name) if !vars.contains_key(&name) => {
+                        let hint =
+                            did_you_mean(&name, vars.keys().map(String::as_str)).or_else(|| {
+                                Some(format!(
+                                    "add `{name}` under `vars:` or pass --var {name}=VALUE"
+                                ))
+                            });
+                        self.report_at(
+                            pos,
+                            &full,
+                            format!("`${{var:{name}}}`: no such variable"),
+                            hint,
+                        );
+                    }
+                    Reference::StepOutput { step, output } => {
+                        if let Err((message, hint)) = scope.check(&step, &output) {
+                            self.report_at(pos, &full, message, hint);
+                        }
+                    }
+                    _ => {}
+                }
+            }
+        }
+    }
+
+    fn checks(
+        &mut self,
+        node: Option<&Node>,
+        section: &str,
+        vars: &BTreeMap<String, String>,
+        step_ids: Option<&[String]>,
+    ) -> Vec<PlanCheck> {
+        let Some(node) = node else { return Vec::new() };
+        let Some(items) = self.list(node, &[key(section)]) else {
+            return Vec::new();
+        };
+        let mut checks: Vec<PlanCheck> = Vec::new();
+        for (i, item) in items.iter().enumerate() {
+            let path = vec![key(section), PathSeg::Index(i)];
+            if !matches!(item.value, Value::Map(_)) {
+                self.report(
+                    &path,
+                    format!(
+                        "a check is a mapping with `kind:`, found {}",
+                        item.type_name()
+                    ),
+                    None,
+                );
+                continue;
+            }
+            let Some(kind) = (match item.get("kind") {
+                Some(n) => self.string(n, &join(&path, &[key("kind")])),
+                None => {
+                    let kinds = self
+                        .registry
+                        .verifiers
+                        .keys()
+                        .map(String::as_str)
+                        .collect::<Vec<_>>()
+                        .join(", ");
+                    self.report(
+                        &path,
+                        "check has no `kind`",
+                        Some(format!("one of: {kinds}")),
+                    );
+                    None
+                }
+            }) else {
+                continue;
+            };
+            let name = item
+                .get("name")
+                .and_then(|n| self.string(n, &join(&path, &[key("name")])));
+            let timeout = item
+                .get("timeout")
+                .and_then(|n| self.duration(n, &join(&path, &[key("timeout")])))
+                .unwrap_or(DEFAULT_CHECK_TIMEOUT);
+            let within = item
+                .get("within")
+                .and_then(|n| self.duration(n, &join(&path, &[key("within")])));
+            let interval = item
+                .get("interval")
+                .and_then(|n| self.duration(n, &join(&path, &[key("interval")])))
+                .unwrap_or(DEFAULT_CHECK_INTERVAL);
+            let verifier = match self.registry.verifiers.get(&kind) {
+                Some(entry) => self.build(entry, item, &path, CHECK_FIELDS),
+                None => {
+                    let hint =
+                        did_you_mean(&kind, self.registry.verifiers.keys().map(String::as_str))
+                            .or_else(|| {
+                                self.registry.steps.contains_key(&kind).then(|| {
+                                    format!("`{kind}` is a step kind: list it under `steps:`")
+                                })
+                            });
+                    self.report(
+                        &join(&path, &[key("kind")]),
+                        format!("unknown check kind `{kind}`"),
+                        hint,
+                    );
+                    None
+                }
+            };
+            let scope = match step_ids {
+                Some(ids) => RefScope::AfterSteps(ids),
+                None => RefScope::NoSteps,
+            };
+            self.check_references(item, &path, CHECK_FIELDS, vars, scope);
+            let Some(verifier) = verifier else { continue };
+            let name = name.unwrap_or_else(|| {
+                let mut candidate = kind.clone();
+                let mut n = 2;
+                while checks.iter().any(|c| c.name == candidate) {
+                    candidate = format!("{kind}-{n}");
+                    n += 1;
+                }
+                candidate
+            });
+            if checks.iter().any(|c| c.name == name) {
+                self.report(
+                    &join(&path, &[key("name")]),
+                    format!("check name `{name}` is used twice in `{section}`"),
+                    None,
+                );
+            }
+            checks.push(PlanCheck {
+                name,
+                kind,
+                timeout,
+                within,
+                interval,
+                verifier,
+            });
+        }
+        checks
+    }
+
+    fn notifiers(
+        &mut self,
+        node: Option<&Node>,
+        vars: &BTreeMap<String, String>,
+        step_ids: &[String],
+    ) -> Vec<PlanNotifier> {
+        let Some(node) = node else { return Vec::new() };
+        let Some(items) = self.list(node, &[key("notify")]) else {
+            return Vec::new();
+        };
+        let mut out = Vec::new();
+        for (i, item) in items.iter().enumerate() {
+            let path = vec![key("notify"), PathSeg::Index(i)];
+            let Some(kind) = item
+                .get("kind")
+                .and_then(|n| self.string(n, &join(&path, &[key("kind")])))
+            else {
+                if item.get("kind").is_none() {
+                    let kinds = self
+                        .registry
+                        .notifiers
+                        .keys()
+                        .map(String::as_str)
+                        .collect::<Vec<_>>()
+                        .join(", ");
+                    self.report(
+                        &path,
+                        "notifier has no `kind`",
+                        Some(format!("one of: {kinds}")),
+                    );
+                }
+                continue;
+            };
+            let events = match item.get("events") {
+                None => Event::NOTIFIABLE.iter().map(|s| s.to_string()).collect(),
+                Some(n) => {
+                    let p = join(&path, &[key("events")]);
+                    let list = self.list(n, &p).unwrap_or(&[]);
+                    let mut events = Vec::new();
+                    for (j, e) in list.iter().enumerate() {
+                        let ep = join(&p, &[PathSeg::Index(j)]);
+                        if let Some(name) = self.string(e, &ep) {
+                            if Event::NOTIFIABLE.contains(&name.as_str()) {
+                                events.push(name);
+                            } else {
+                                let hint = did_you_mean(&name, Event::NOTIFIABLE.iter().copied())
+                                    .or_else(|| {
+                                        Some(format!("one of: {}", Event::NOTIFIABLE.join(", ")))
+                                    });
+                                self.report(
+                                    &ep,
+                                    format!("`{name}` is not an event notifiers receive"),
+                                    hint,
+                                );
+                            }
+                        }
+                    }
+                    events
+                }
+            };
+            let timeout = item
+                .get("timeout")
+                .and_then(|n| self.duration(n, &join(&path, &[key("timeout")])))
+                .unwrap_or(DEFAULT_NOTIFY_TIMEOUT);
+            let retries = item
+                .get("retries")
+                .and_then(|n| self.uint(n, &join(&path, &[key("retries")]), 0))
+                .unwrap_or(2) as u32;
+            let notifier = match self.registry.notifiers.get(&kind) {
+                Some(entry) => self.build(entry, item, &path, NOTIFY_FIELDS),
+                None => {
+                    let known: Vec<&str> =
+                        self.registry.notifiers.keys().map(String::as_str).collect();
+                    let hint = did_you_mean(&kind, known.iter().copied()).or_else(|| {
+                        Some(if known.is_empty() {
+                            "no notifier kinds are compiled into this build".to_string()
+                        } else {
+                            format!("known notifier kinds: {}", known.join(", "))
+                        })
+                    });
+                    self.report(
+                        &join(&path, &[key("kind")]),
+                        format!("unknown notifier kind `{kind}`"),
+                        hint,
+                    );
+                    None
+                }
+            };
+            self.check_references(
+                item,
+                &path,
+                NOTIFY_FIELDS,
+                vars,
+                RefScope::AfterSteps(step_ids),
+            );
+            if let Some(notifier) = notifier {
+                out.push(PlanNotifier {
+                    kind,
+                    events,
+                    timeout,
+                    retries,
+                    notifier,
+                });
+            }
+        }
+        out
+    }
+}
+
+/// Maps a `steps[i]...` field from [`check_graph`] (indexes among built
+/// steps) back to the entry in the file.
+fn graph_position(root: &Node, built: &[(usize, &Node)], field: &str) -> (Pos, String) {
+    let parse = || -> Option<(usize, String)> {
+        let rest = field.strip_prefix("steps[")?;
+        let (n, tail) = rest.split_once(']')?;
+        Some((n.parse().ok()?, tail.to_string()))
+    };
+    let Some((n, tail)) = parse() else {
+        return (root.pos, field.to_string());
+    };
+    let Some((_, node)) = built.iter().find(|(i, _)| *i == n) else {
+        return (root.pos, field.to_string());
+    };
+    let items = match root.get("steps").map(|s| &s.value) {
+        Some(Value::Seq(items)) => items,
+        _ => return (node.pos, field.to_string()),
+    };
+    let file_index = items
+        .iter()
+        .position(|x| std::ptr::eq(x, *node))
+        .unwrap_or(n);
+    let mut path = vec![key("steps"), PathSeg::Index(file_index)];
+    // tail is like ".after[1]" or ".id"
+    for part in tail.split('.').filter(|p| !p.is_empty()) {
+        match part.split_once('[') {
+            Some((name, idx)) => {
+                path.push(key(name));
+                if let Ok(i) = idx.trim_end_matches(']').parse() {
+                    path.push(PathSeg::Index(i));
+                }
+            }
+            None => path.push(key(part)),
+        }
+    }
+    (root.locate(&path), display_path(&path))
+}
+
+/// Which `${steps.ID.NAME}` references a place may make.
+enum RefScope<'a> {
+    /// A step: only steps it (transitively) runs after.
+    Step { steps: &'a [PlanStep], me: usize },
+    /// Verification and notifications: any step.
+    AfterSteps(&'a [String]),
+    /// Preflight: none, no step has run yet.
+    NoSteps,
+}
+
+impl RefScope<'_> {
+    fn check(&self, step: &str, output: &str) -> std::result::Result<(), (String, Option<String>)> {
+        match self {
+            RefScope::NoSteps => Err((
+                format!("`${{steps.{step}.{output}}}`: preflight checks run before any step"),
+                Some("use a plan variable or an environment reference here".into()),
+            )),
+            RefScope::AfterSteps(ids) => {
+                if ids.iter().any(|s| s == step) {
+                    Ok(())
+                } else {
+                    Err((
+                        format!("`${{steps.{step}.{output}}}`: no step with id `{step}`"),
+                        did_you_mean(step, ids.iter().map(String::as_str)),
+                    ))
+                }
+            }
+            RefScope::Step { steps, me } => {
+                let Some(target) = steps.iter().position(|s| s.id == step) else {
+                    return Err((
+                        format!("`${{steps.{step}.{output}}}`: no step with id `{step}`"),
+                        did_you_mean(step, steps.iter().map(|s| s.id.as_str())),
+                    ));
+                };
+                if !runs_after(steps, *me, target) {
+                    return Err((
+                        format!(
+                            "`${{steps.{step}.{output}}}`: step `{}` does not run after `{step}`, so its output may not exist yet",
+                            steps[*me].id
+                        ),
+                        Some(format!("add `{step}` to this step's `after:`")),
+                    ));
+                }
+                match steps[target].step.outputs() {
+                    OutputNames::Any => Ok(()),
+                    names @ OutputNames::Fixed(list) if !names.allows(output) => Err((
+                        format!(
+                            "`${{steps.{step}.{output}}}`: a `{}` step has no output `{output}`",
+                            steps[target].kind
+                        ),
+                        did_you_mean(output, list.iter().copied())
+                            .or_else(|| Some(format!("its outputs: {}", list.join(", ")))),
+                    )),
+                    OutputNames::Fixed(_) => Ok(()),
+                }
+            }
+        }
+    }
+}
+
+/// Whether step `me` depends, directly or not, on step `target`.
+fn runs_after(steps: &[PlanStep], me: usize, target: usize) -> bool {
+    let index: HashMap<&str, usize> = steps
+        .iter()
+        .enumerate()
+        .map(|(i, s)| (s.id.as_str(), i))
+        .collect();
+    let mut seen = HashSet::new();
+    let mut todo = vec![me];
+    while let Some(n) = todo.pop() {
+        for dep in &steps[n].after {
+            if let Some(&d) = index.get(dep.as_str()) {
+                if d == target {
+                    return true;
+                }
+                if seen.insert(d) {
+                    todo.push(d);
+                }
+            }
+        }
+    }
+    false
 }

@@ -23,12 +23,18 @@ pub struct ConfigError {
 impl ConfigError {
     /// An error about the configuration as a whole.
     pub fn new(message: impl Into<String>) -> Self {
-        ConfigError { field: None, message: message.into() }
+        ConfigError {
+            field: None,
+            message: message.into(),
+        }
     }
 
     /// An error about one field.
     pub fn field(field: impl Into<String>, message: impl Into<String>) -> Self {
-        ConfigError { field: Some(field.into()), message: message.into() }
+        ConfigError {
+            field: Some(field.into()),
+            message: message.into(),
+        }
     }
 }
 
@@ -48,7 +54,10 @@ impl std::error::Error for ConfigError {}
 pub(crate) enum BuildError {
     /// The configuration does not fit the kind's fields (serde's message and
     /// the path of the offending field).
-    Shape { path: Vec<String>, message: String },
+    Shape {
+        path: Vec<crate::yaml::PathSeg>,
+        message: String,
+    },
     /// The constructor refused it.
     Config(ConfigError),
 }
@@ -74,14 +83,33 @@ fn entry<C, T: ?Sized>(
 where
     C: DeserializeOwned + JsonSchema,
 {
-    let schema = serde_json::to_value(schemars::schema_for!(C)).unwrap_or_default();
+    // Inlined, so each kind's schema stands alone inside the plan schema.
+    let generator = schemars::generate::SchemaSettings::draft2020_12()
+        .with(|s| s.inline_subschemas = true)
+        .into_generator();
+    let schema = serde_json::to_value(generator.into_root_schema_for::<C>()).unwrap_or_default();
     KindEntry {
         summary,
         schema,
         build: Box::new(move |value| {
             let config: C = serde_path_to_error::deserialize(value).map_err(|e| {
-                let path = e.path().iter().map(|seg| seg.to_string()).filter(|s| s != "?").collect();
-                BuildError::Shape { path, message: e.into_inner().to_string() }
+                use serde_path_to_error::Segment;
+                let path = e
+                    .path()
+                    .iter()
+                    .filter_map(|seg| match seg {
+                        Segment::Seq { index } => Some(crate::yaml::PathSeg::Index(*index)),
+                        Segment::Map { key } => Some(crate::yaml::PathSeg::Key(key.clone())),
+                        Segment::Enum { variant } => {
+                            Some(crate::yaml::PathSeg::Key(variant.clone()))
+                        }
+                        Segment::Unknown => None,
+                    })
+                    .collect();
+                BuildError::Shape {
+                    path,
+                    message: e.into_inner().to_string(),
+                }
             })?;
             build(config).map_err(BuildError::Config)
         }),
@@ -133,7 +161,9 @@ impl Registry {
         C: DeserializeOwned + JsonSchema,
         S: Step,
     {
-        let e = entry(summary, move |c: C| build(c).map(|s| Arc::new(s) as Arc<dyn Step>));
+        let e = entry(summary, move |c: C| {
+            build(c).map(|s| Arc::new(s) as Arc<dyn Step>)
+        });
         self.steps.insert(kind.to_string(), e);
         self
     }
@@ -149,7 +179,9 @@ impl Registry {
         C: DeserializeOwned + JsonSchema,
         V: Verifier,
     {
-        let e = entry(summary, move |c: C| build(c).map(|v| Arc::new(v) as Arc<dyn Verifier>));
+        let e = entry(summary, move |c: C| {
+            build(c).map(|v| Arc::new(v) as Arc<dyn Verifier>)
+        });
         self.verifiers.insert(kind.to_string(), e);
         self
     }
@@ -165,23 +197,34 @@ impl Registry {
         C: DeserializeOwned + JsonSchema,
         N: Notifier,
     {
-        let e = entry(summary, move |c: C| build(c).map(|n| Arc::new(n) as Arc<dyn Notifier>));
+        let e = entry(summary, move |c: C| {
+            build(c).map(|n| Arc::new(n) as Arc<dyn Notifier>)
+        });
         self.notifiers.insert(kind.to_string(), e);
         self
     }
 
     /// Step kinds with their one-line summaries.
     pub fn step_kinds(&self) -> Vec<(&str, &'static str)> {
-        self.steps.iter().map(|(k, e)| (k.as_str(), e.summary)).collect()
+        self.steps
+            .iter()
+            .map(|(k, e)| (k.as_str(), e.summary))
+            .collect()
     }
 
     /// Verifier kinds with their one-line summaries.
     pub fn verifier_kinds(&self) -> Vec<(&str, &'static str)> {
-        self.verifiers.iter().map(|(k, e)| (k.as_str(), e.summary)).collect()
+        self.verifiers
+            .iter()
+            .map(|(k, e)| (k.as_str(), e.summary))
+            .collect()
     }
 
     /// Notifier kinds with their one-line summaries.
     pub fn notifier_kinds(&self) -> Vec<(&str, &'static str)> {
-        self.notifiers.iter().map(|(k, e)| (k.as_str(), e.summary)).collect()
+        self.notifiers
+            .iter()
+            .map(|(k, e)| (k.as_str(), e.summary))
+            .collect()
     }
 }

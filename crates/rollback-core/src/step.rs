@@ -56,12 +56,22 @@ pub struct StepError {
 impl StepError {
     /// An error that another attempt will not fix.
     pub fn fatal(message: impl Into<String>) -> Self {
-        StepError { message: message.into(), retryable: false, detail: None, source: None }
+        StepError {
+            message: message.into(),
+            retryable: false,
+            detail: None,
+            source: None,
+        }
     }
 
     /// An error that may go away if the step is attempted again.
     pub fn retryable(message: impl Into<String>) -> Self {
-        StepError { message: message.into(), retryable: true, detail: None, source: None }
+        StepError {
+            message: message.into(),
+            retryable: true,
+            detail: None,
+            source: None,
+        }
     }
 
     /// Attaches the underlying cause.
@@ -120,7 +130,10 @@ pub struct Preview {
 impl Preview {
     /// A preview with a summary and the changes it would make.
     pub fn new(summary: impl Into<String>, changes: Vec<String>) -> Self {
-        Preview { summary: summary.into(), changes }
+        Preview {
+            summary: summary.into(),
+            changes,
+        }
     }
 }
 
@@ -177,7 +190,11 @@ pub struct Measurement {
 impl Measurement {
     /// A measurement; `passed` says whether it meets `expected`.
     pub fn new(passed: bool, observed: impl Into<String>, expected: impl Into<String>) -> Self {
-        Measurement { passed, observed: observed.into(), expected: expected.into() }
+        Measurement {
+            passed,
+            observed: observed.into(),
+            expected: expected.into(),
+        }
     }
 }
 
@@ -278,7 +295,8 @@ impl StepContext {
 
     /// Time left before the budget runs out.
     pub fn remaining(&self) -> Option<Duration> {
-        self.deadline.map(|d| d.saturating_duration_since(Instant::now()))
+        self.deadline
+            .map(|d| d.saturating_duration_since(Instant::now()))
     }
 
     /// Cancelled when the operator interrupts the run; long waits should
@@ -291,7 +309,9 @@ impl StepContext {
     /// `${steps.ID.NAME}` in `template`. Values from `env:` and `file:` are
     /// secrets: they are remembered so that [`StepContext::redact`] hides them.
     pub fn resolve(&self, template: &str) -> Result<String, StepError> {
-        self.resolver.resolve(template).map_err(|e| StepError::fatal(e.to_string()))
+        self.resolver
+            .resolve(template)
+            .map_err(|e| StepError::fatal(e.to_string()))
     }
 
     /// Replaces every secret value seen in this run by `***`. Everything that
@@ -324,7 +344,12 @@ impl StepContext {
 mod tests {
     use super::*;
 
-    fn assert_object_safe(_: Option<&dyn Step>, _: Option<&dyn Verifier>, _: Option<&dyn Notifier>) {}
+    fn assert_object_safe(
+        _: Option<&dyn Step>,
+        _: Option<&dyn Verifier>,
+        _: Option<&dyn Notifier>,
+    ) {
+    }
 
     #[test]
     fn traits_are_object_safe() {

@@ -69,7 +69,9 @@ pub enum TemplateError {
         reason: String,
     },
     /// No such plan variable.
-    #[error("plan variable `{name}` is not defined: add it under `vars:` or pass --var {name}=VALUE")]
+    #[error(
+        "plan variable `{name}` is not defined: add it under `vars:` or pass --var {name}=VALUE"
+    )]
     VarUndefined {
         /// Its name.
         name: String,
@@ -85,24 +87,43 @@ pub enum TemplateError {
 }
 
 fn is_name(s: &str) -> bool {
-    !s.is_empty() && s.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-' || c == '.')
+    !s.is_empty()
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-' || c == '.')
 }
 
 fn parse_reference(inner: &str) -> Result<Reference, TemplateError> {
-    let malformed = || TemplateError::Malformed { text: inner.to_string() };
+    let malformed = || TemplateError::Malformed {
+        text: inner.to_string(),
+    };
     if let Some(name) = inner.strip_prefix("env:") {
-        return if is_name(name) && !name.contains('.') { Ok(Reference::Env(name.into())) } else { Err(malformed()) };
+        return if is_name(name) && !name.contains('.') {
+            Ok(Reference::Env(name.into()))
+        } else {
+            Err(malformed())
+        };
     }
     if let Some(path) = inner.strip_prefix("file:") {
-        return if path.is_empty() { Err(malformed()) } else { Ok(Reference::File(path.into())) };
+        return if path.is_empty() {
+            Err(malformed())
+        } else {
+            Ok(Reference::File(path.into()))
+        };
     }
     if let Some(name) = inner.strip_prefix("var:") {
-        return if is_name(name) { Ok(Reference::Var(name.into())) } else { Err(malformed()) };
+        return if is_name(name) {
+            Ok(Reference::Var(name.into()))
+        } else {
+            Err(malformed())
+        };
     }
     if let Some(rest) = inner.strip_prefix("steps.") {
         if let Some((step, output)) = rest.split_once('.') {
             if is_name(step) && !step.contains('.') && is_name(output) {
-                return Ok(Reference::StepOutput { step: step.into(), output: output.into() });
+                return Ok(Reference::StepOutput {
+                    step: step.into(),
+                    output: output.into(),
+                });
             }
         }
     }
@@ -127,7 +148,9 @@ fn pieces(template: &str) -> Result<Vec<Piece<'_>>, TemplateError> {
             consumed += pos + 3;
         } else if after.starts_with("${") {
             out.push(Piece::Text(&rest[..pos]));
-            let close = after.find('}').ok_or(TemplateError::Unclosed { offset: consumed + pos })?;
+            let close = after.find('}').ok_or(TemplateError::Unclosed {
+                offset: consumed + pos,
+            })?;
             out.push(Piece::Ref(parse_reference(&after[2..close])?));
             rest = &after[close + 1..];
             consumed += pos + close + 1;
@@ -190,12 +213,19 @@ impl Resolver {
 
     /// Records a completed step's outputs for later references.
     pub fn set_outputs(&self, step: &str, outputs: Outputs) {
-        self.outputs.write().expect("outputs lock").insert(step.to_string(), outputs);
+        self.outputs
+            .write()
+            .expect("outputs lock")
+            .insert(step.to_string(), outputs);
     }
 
     /// Outputs recorded for `step`.
     pub fn outputs_of(&self, step: &str) -> Option<Outputs> {
-        self.outputs.read().expect("outputs lock").get(step).cloned()
+        self.outputs
+            .read()
+            .expect("outputs lock")
+            .get(step)
+            .cloned()
     }
 
     fn remember_secret(&self, value: &str) {
@@ -224,7 +254,8 @@ impl Resolver {
     fn resolve_reference(&self, reference: &Reference) -> Result<String, TemplateError> {
         match reference {
             Reference::Env(name) => {
-                let value = std::env::var(name).map_err(|_| TemplateError::EnvUnset { name: name.clone() })?;
+                let value = std::env::var(name)
+                    .map_err(|_| TemplateError::EnvUnset { name: name.clone() })?;
                 self.remember_secret(&value);
                 Ok(value)
             }
@@ -233,26 +264,32 @@ impl Resolver {
                     Some(dir) if !std::path::Path::new(path).is_absolute() => dir.join(path),
                     _ => PathBuf::from(path),
                 };
-                let mut value = std::fs::read_to_string(&full).map_err(|e| TemplateError::FileUnreadable {
-                    path: full.display().to_string(),
-                    reason: e.to_string(),
-                })?;
+                let mut value =
+                    std::fs::read_to_string(&full).map_err(|e| TemplateError::FileUnreadable {
+                        path: full.display().to_string(),
+                        reason: e.to_string(),
+                    })?;
                 while value.ends_with('\n') || value.ends_with('\r') {
                     value.pop();
                 }
                 self.remember_secret(&value);
                 Ok(value)
             }
-            Reference::Var(name) => {
-                self.vars.get(name).cloned().ok_or_else(|| TemplateError::VarUndefined { name: name.clone() })
-            }
+            Reference::Var(name) => self
+                .vars
+                .get(name)
+                .cloned()
+                .ok_or_else(|| TemplateError::VarUndefined { name: name.clone() }),
             Reference::StepOutput { step, output } => {
                 let outputs = self.outputs.read().expect("outputs lock");
                 match outputs.get(step).and_then(|o| o.get(output)) {
                     Some(serde_json::Value::String(s)) => Ok(s.clone()),
                     Some(other) => Ok(other.to_string()),
                     None if self.placeholder_outputs => Ok(format!("<steps.{step}.{output}>")),
-                    None => Err(TemplateError::OutputMissing { step: step.clone(), output: output.clone() }),
+                    None => Err(TemplateError::OutputMissing {
+                        step: step.clone(),
+                        output: output.clone(),
+                    }),
                 }
             }
         }
@@ -275,17 +312,24 @@ impl Resolver {
         use serde_json::Value;
         match value {
             Value::String(s) => Value::String(self.redact(s)),
-            Value::Array(items) => Value::Array(items.iter().map(|v| self.redact_value(v)).collect()),
-            Value::Object(map) => {
-                Value::Object(map.iter().map(|(k, v)| (k.clone(), self.redact_value(v))).collect())
+            Value::Array(items) => {
+                Value::Array(items.iter().map(|v| self.redact_value(v)).collect())
             }
+            Value::Object(map) => Value::Object(
+                map.iter()
+                    .map(|(k, v)| (k.clone(), self.redact_value(v)))
+                    .collect(),
+            ),
             other => other.clone(),
         }
     }
 
     /// [`Resolver::redact_value`] over a step's outputs.
     pub fn redact_outputs(&self, outputs: &Outputs) -> Outputs {
-        outputs.iter().map(|(k, v)| (k.clone(), self.redact_value(v))).collect()
+        outputs
+            .iter()
+            .map(|(k, v)| (k.clone(), self.redact_value(v)))
+            .collect()
     }
 
     /// The plan variables.
@@ -300,23 +344,38 @@ mod tests {
 
     #[test]
     fn parses_all_reference_forms() {
-        let refs = references("a ${env:TOKEN} b ${file:/run/s} ${var:ns} ${steps.backup.path} $${literal}").unwrap();
+        let refs = references(
+            "a ${env:TOKEN} b ${file:/run/s} ${var:ns} ${steps.backup.path} $${literal}",
+        )
+        .unwrap();
         assert_eq!(
             refs,
             vec![
                 Reference::Env("TOKEN".into()),
                 Reference::File("/run/s".into()),
                 Reference::Var("ns".into()),
-                Reference::StepOutput { step: "backup".into(), output: "path".into() },
+                Reference::StepOutput {
+                    step: "backup".into(),
+                    output: "path".into()
+                },
             ]
         );
     }
 
     #[test]
     fn rejects_malformed_and_unclosed() {
-        assert!(matches!(references("${nope}"), Err(TemplateError::Malformed { .. })));
-        assert!(matches!(references("x ${env:A"), Err(TemplateError::Unclosed { offset: 2 })));
-        assert!(matches!(references("${steps.only}"), Err(TemplateError::Malformed { .. })));
+        assert!(matches!(
+            references("${nope}"),
+            Err(TemplateError::Malformed { .. })
+        ));
+        assert!(matches!(
+            references("x ${env:A"),
+            Err(TemplateError::Unclosed { offset: 2 })
+        ));
+        assert!(matches!(
+            references("${steps.only}"),
+            Err(TemplateError::Malformed { .. })
+        ));
     }
 
     #[test]
@@ -329,10 +388,18 @@ mod tests {
         let mut out = Outputs::new();
         out.insert("n".into(), serde_json::json!(3));
         r.set_outputs("scale", out);
-        let s = r.resolve("$${x} ${var:ns} ${file:pw} ${steps.scale.n} $5").unwrap();
+        let s = r
+            .resolve("$${x} ${var:ns} ${file:pw} ${steps.scale.n} $5")
+            .unwrap();
         assert_eq!(s, "${x} production hunter22 3 $5");
         assert_eq!(r.redact("login hunter22 ok"), "login *** ok");
-        assert!(matches!(r.resolve("${steps.scale.m}"), Err(TemplateError::OutputMissing { .. })));
-        assert!(matches!(r.resolve("${var:zone}"), Err(TemplateError::VarUndefined { .. })));
+        assert!(matches!(
+            r.resolve("${steps.scale.m}"),
+            Err(TemplateError::OutputMissing { .. })
+        ));
+        assert!(matches!(
+            r.resolve("${var:zone}"),
+            Err(TemplateError::VarUndefined { .. })
+        ));
     }
 }

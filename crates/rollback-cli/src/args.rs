@@ -1,0 +1,186 @@
+//! Command-line arguments.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+const ABOUT: &str =
+    "Run rollback plans: fast, inside a time budget, verified, journaled, resumable.";
+
+const LONG_ABOUT: &str = "\
+Run rollback plans: fast, inside a time budget, verified, journaled, resumable.
+
+A plan is a YAML file of steps (with `after:` dependencies, so independent
+steps run in parallel), checks that prove the rollback worked, and a budget.
+Every run is journaled in the state directory; a run that dies can be resumed
+without repeating completed steps.
+
+Typical use:
+  rollback validate plans/order-service.yaml
+  rollback plan plans/order-service.yaml            # dry run: what would change
+  rollback run plans/order-service.yaml --reason \"5xx spike after 2.4.1\"
+  rollback drill plans/order-service.yaml           # timed rehearsal with a report
+  rollback history
+  rollback resume last                              # continue a run that died
+
+Try it now, with no external service: rollback quickstart";
+
+/// How results are printed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum OutputFormat {
+    /// For people: progress on stderr, a summary on stdout.
+    Human,
+    /// One JSON document on stdout; progress, if any, on stderr.
+    Json,
+}
+
+/// The `rollback` command.
+#[derive(Debug, Parser)]
+#[command(name = "rollback", version, about = ABOUT, long_about = LONG_ABOUT, after_help = crate::exit::TABLE)]
+pub struct Cli {
+    /// Where runs are journaled [default: $XDG_STATE_HOME/rollback, else ~/.local/state/rollback]
+    #[arg(long, global = true, env = "ROLLBACK_STATE_DIR", value_name = "DIR")]
+    pub state_dir: Option<PathBuf>,
+
+    /// Output format.
+    #[arg(long, short = 'o', global = true, value_enum, default_value = "human")]
+    pub output: OutputFormat,
+
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Options shared by commands that load a plan.
+#[derive(Debug, Args)]
+pub struct PlanArgs {
+    /// The plan file (YAML).
+    pub plan: PathBuf,
+
+    /// Set a plan variable, overriding its `vars:` value: --var service=orders
+    #[arg(long = "var", value_name = "NAME=VALUE")]
+    pub vars: Vec<String>,
+}
+
+/// Options shared by commands that run a plan.
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// Who runs it; recorded in the journal.
+    #[arg(long, env = "ROLLBACK_OPERATOR", value_name = "NAME")]
+    pub operator: Option<String>,
+
+    /// Approve every `confirm` step up front (needed when there is no terminal).
+    #[arg(long, short = 'y')]
+    pub yes: bool,
+}
+
+/// Subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Check a plan file: syntax, kinds, fields, `after:` cycles, references.
+    ///
+    /// Every mistake is reported as FILE:LINE:COLUMN with the field at fault and,
+    /// where there is one, the name you probably meant.
+    Validate(PlanArgs),
+
+    /// Dry run: show what each step would change, changing nothing.
+    #[command(alias = "preview")]
+    Plan(PlanArgs),
+
+    /// Run a plan for real.
+    ///
+    /// Steps run as soon as the steps they come `after:` have succeeded. The run
+    /// is journaled before and after every step; if the process dies, continue
+    /// with `rollback resume RUN`. Ctrl-C stops scheduling new steps and lets
+    /// running ones finish; a second Ctrl-C quits at once.
+    Run {
+        /// The plan.
+        #[command(flatten)]
+        plan: PlanArgs,
+        /// Why you are rolling back; recorded and announced.
+        #[arg(long, short = 'r')]
+        reason: String,
+        /// What started the run, when not a person (e.g. an alert name).
+        #[arg(long)]
+        trigger: Option<String>,
+        /// Operator and approvals.
+        #[command(flatten)]
+        run: RunArgs,
+    },
+
+    /// Rehearse a plan and write a timed report (JSON and Markdown).
+    ///
+    /// A drill is a real run, marked as a drill in the journal. It passes when
+    /// every step and check succeeds within the plan's budget. Run it against
+    /// staging, monthly, as the procedures require.
+    Drill {
+        /// The plan.
+        #[command(flatten)]
+        plan: PlanArgs,
+        /// Why; recorded in the report.
+        #[arg(long, short = 'r', default_value = "scheduled rollback drill")]
+        reason: String,
+        /// Operator and approvals.
+        #[command(flatten)]
+        run: RunArgs,
+    },
+
+    /// Continue a run that died or was interrupted, without repeating completed steps.
+    ///
+    /// RUN is a run id from `rollback history`, or `last` for the newest
+    /// unfinished run. The step that was running when the run stopped runs
+    /// again (steps are idempotent).
+    Resume {
+        /// Run id, or `last`.
+        run_id: String,
+        /// Operator and approvals.
+        #[command(flatten)]
+        run: RunArgs,
+    },
+
+    /// List past runs, newest first.
+    History {
+        /// Only runs of this plan.
+        #[arg(long)]
+        plan: Option<String>,
+        /// At most this many.
+        #[arg(long, short = 'n', default_value_t = 20)]
+        limit: usize,
+    },
+
+    /// Show one run: who, why, each step's outcome and time, each check.
+    Show {
+        /// Run id, or `last`.
+        run_id: String,
+    },
+
+    /// Print the JSON Schema of plan files (for editors).
+    Schema,
+
+    /// List the step, check and notifier kinds this build knows.
+    Kinds,
+
+    /// A complete local rollback drill, no external service needed.
+    ///
+    /// Sets up a git repository holding a service's config, starts a small local
+    /// HTTP service, "deploys" a broken config (the service turns unhealthy),
+    /// then runs examples/quickstart/plan.yaml as a drill: the config is
+    /// restored from git, the service reloads it, and its health is verified
+    /// over HTTP. Prints the drill report.
+    Quickstart {
+        /// Where to set it up [default: STATE_DIR/quickstart]
+        #[arg(long, value_name = "DIR")]
+        dir: Option<PathBuf>,
+    },
+
+    /// (internal) The quickstart's demo service.
+    #[command(hide = true)]
+    DemoService {
+        /// Its config file.
+        #[arg(long)]
+        config: PathBuf,
+        /// Port on 127.0.0.1 (0: any free port; the chosen one is printed).
+        #[arg(long, default_value_t = 0)]
+        port: u16,
+    },
+}

@@ -1,0 +1,506 @@
+//! The `rollback` command line: parses flags, wires the engine and its
+//! adapters, prints progress and results. Everything here is a thin layer over
+//! `rollback-core`.
+
+pub mod args;
+pub mod demo;
+pub mod exit;
+pub mod output;
+
+use std::collections::BTreeMap;
+use std::io::{IsTerminal, Write};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use clap::Parser;
+use rollback_core::approval::{Approval, ApprovalRequest, Approver, NonInteractive};
+use rollback_core::executor::parse_vars;
+use rollback_core::journal::default_state_dir;
+use rollback_core::{
+    Error, Executor, FileJournal, JournalStore, Plan, Registry, RunOptions, RunReport,
+};
+use serde::Serialize;
+use tokio_util::sync::CancellationToken;
+
+use crate::args::{Cli, Command, OutputFormat, PlanArgs, RunArgs};
+use crate::output::{Progress, Style};
+
+/// The kinds this build knows. Adapter crates add theirs here.
+pub fn registry() -> Registry {
+    Registry::with_core_kinds()
+}
+
+/// Entry point: returns the process exit code.
+pub fn main() -> i32 {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            let code = if e.use_stderr() {
+                exit::INVALID_INPUT
+            } else {
+                exit::SUCCESS
+            };
+            let _ = e.print();
+            return code;
+        }
+    };
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return exit::INTERNAL;
+        }
+    };
+    runtime.block_on(dispatch(cli))
+}
+
+/// What a command produced: a document for `--output json`, text for people,
+/// and the exit code.
+struct Outcome {
+    json: serde_json::Value,
+    text: String,
+    code: i32,
+}
+
+async fn dispatch(cli: Cli) -> i32 {
+    let format = cli.output;
+    let state_dir = cli.state_dir.clone().unwrap_or_else(default_state_dir);
+    let result = match cli.command {
+        Command::DemoService { config, port } => return demo::serve(&config, port).await,
+        Command::Validate(args) => validate(&args),
+        Command::Plan(args) => preview(&args).await,
+        Command::Run {
+            plan,
+            reason,
+            trigger,
+            run,
+        } => run_plan(&state_dir, &plan, reason, trigger, &run, false, format).await,
+        Command::Drill { plan, reason, run } => {
+            run_plan(&state_dir, &plan, reason, None, &run, true, format).await
+        }
+        Command::Resume { run_id, run } => resume(&state_dir, &run_id, &run, format).await,
+        Command::History { plan, limit } => history(&state_dir, plan.as_deref(), limit).await,
+        Command::Show { run_id } => show(&state_dir, &run_id).await,
+        Command::Schema => Ok(Outcome {
+            json: rollback_core::schema::plan_schema(&registry()),
+            text: serde_json::to_string_pretty(&rollback_core::schema::plan_schema(&registry()))
+                .unwrap_or_default(),
+            code: exit::SUCCESS,
+        }),
+        Command::Kinds => Ok(kinds()),
+        Command::Quickstart { dir } => demo::quickstart(&state_dir, dir, format).await,
+    };
+    match result {
+        Ok(outcome) => {
+            print_outcome(format, &outcome);
+            outcome.code
+        }
+        Err(e) => {
+            let code = exit::for_error(&e);
+            match format {
+                OutputFormat::Json => {
+                    let mut doc = serde_json::json!({ "error": { "message": e.to_string(), "exit_code": code } });
+                    if let Error::InvalidPlan { file, diagnostics } = &e {
+                        doc["error"]["file"] = serde_json::json!(file);
+                        doc["error"]["diagnostics"] =
+                            serde_json::to_value(diagnostics).unwrap_or_default();
+                    }
+                    if let Error::Locked { holder, .. } = &e {
+                        doc["error"]["holder"] = serde_json::to_value(holder).unwrap_or_default();
+                    }
+                    print_stdout(&format!(
+                        "{}\n",
+                        serde_json::to_string_pretty(&doc).unwrap_or_default()
+                    ));
+                }
+                OutputFormat::Human => {
+                    let s = Style::stderr();
+                    eprintln!("{} {e}", s.bad("error:"));
+                }
+            }
+            code
+        }
+    }
+}
+
+/// Writes to stdout; a closed pipe (`rollback history | head`) is not an error.
+fn print_stdout(text: &str) {
+    let mut out = std::io::stdout().lock();
+    let _ = out.write_all(text.as_bytes()).and_then(|_| out.flush());
+}
+
+fn print_outcome(format: OutputFormat, outcome: &Outcome) {
+    match format {
+        OutputFormat::Json => print_stdout(&format!(
+            "{}\n",
+            serde_json::to_string_pretty(&outcome.json).unwrap_or_default()
+        )),
+        OutputFormat::Human => print_stdout(&outcome.text),
+    }
+}
+
+fn to_json<T: Serialize>(value: &T) -> serde_json::Value {
+    serde_json::to_value(value).unwrap_or_default()
+}
+
+fn load(args: &PlanArgs) -> rollback_core::Result<Plan> {
+    let vars = parse_vars(&args.vars)?;
+    Plan::load(&args.plan, &registry(), &vars)
+}
+
+fn validate(args: &PlanArgs) -> rollback_core::Result<Outcome> {
+    let plan = load(args)?;
+    let text = format!(
+        "{}: plan {} is valid: {} steps, {} checks, {} preflight, {} notifiers, budget {}\n",
+        args.plan.display(),
+        plan.name,
+        plan.steps.len(),
+        plan.verify.len(),
+        plan.preflight.len(),
+        plan.notify.len(),
+        plan.budget
+            .map(|b| humantime::format_duration(b).to_string())
+            .unwrap_or_else(|| "none".into())
+    );
+    Ok(Outcome {
+        json: serde_json::json!({
+            "valid": true,
+            "plan": plan.name,
+            "digest": plan.source.digest,
+            "steps": plan.steps.iter().map(|s| serde_json::json!({"id": s.id, "kind": s.kind, "after": s.after})).collect::<Vec<_>>(),
+            "budget_ms": plan.budget.map(|b| b.as_millis() as u64),
+        }),
+        text,
+        code: exit::SUCCESS,
+    })
+}
+
+async fn preview(args: &PlanArgs) -> rollback_core::Result<Outcome> {
+    let plan = load(args)?;
+    let report = Executor::preview(&plan).await;
+    Ok(Outcome {
+        json: to_json(&report),
+        text: output::render_preview(&report),
+        code: if report.ok() {
+            exit::SUCCESS
+        } else {
+            exit::STEP_FAILED
+        },
+    })
+}
+
+/// Asks at the terminal; the progress line is paused meanwhile.
+struct TerminalApprover {
+    progress: Progress,
+}
+
+#[async_trait::async_trait]
+impl Approver for TerminalApprover {
+    async fn approve(&self, request: &ApprovalRequest) -> Result<Approval, String> {
+        self.progress.pause(true);
+        let prompt = format!("\n{}\n  Type `yes` to go ahead: ", request.message);
+        let answer = tokio::task::spawn_blocking(move || {
+            eprint!("{prompt}");
+            let _ = std::io::stderr().flush();
+            let mut line = String::new();
+            std::io::stdin().read_line(&mut line).map(|_| line)
+        })
+        .await;
+        self.progress.pause(false);
+        match answer {
+            Ok(Ok(line)) if line.trim().eq_ignore_ascii_case("yes") => Ok(Approval {
+                approved_by: request.operator.clone(),
+                method: "interactive".into(),
+            }),
+            Ok(Ok(line)) => Err(format!("not approved (answer was `{}`)", line.trim())),
+            _ => Err("not approved (no answer could be read)".into()),
+        }
+    }
+}
+
+fn approver(run: &RunArgs, progress: &Progress) -> Arc<dyn Approver> {
+    if run.yes || !std::io::stdin().is_terminal() {
+        Arc::new(NonInteractive {
+            assume_yes: run.yes,
+        })
+    } else {
+        Arc::new(TerminalApprover {
+            progress: progress.clone(),
+        })
+    }
+}
+
+/// First Ctrl-C: stop scheduling and let running steps finish. Second: quit.
+fn install_ctrl_c(cancel: CancellationToken) {
+    tokio::spawn(async move {
+        if tokio::signal::ctrl_c().await.is_ok() {
+            cancel.cancel();
+            if tokio::signal::ctrl_c().await.is_ok() {
+                eprintln!("\ninterrupted; the journal is consistent: continue with `rollback resume last`");
+                std::process::exit(exit::CANCELLED);
+            }
+        }
+    });
+}
+
+fn run_options(run: &RunArgs, reason: String, progress: &Progress) -> RunOptions {
+    let cancel = CancellationToken::new();
+    install_ctrl_c(cancel.clone());
+    let p = progress.clone();
+    let mut options = RunOptions::new(reason)
+        .approver(approver(run, progress))
+        .cancel(cancel)
+        .observer(move |record| p.on_record(record));
+    if let Some(op) = &run.operator {
+        options = options.operator(op.clone());
+    }
+    options
+}
+
+/// Runs (or drills) a plan file, shows progress, writes drill reports.
+async fn run_plan(
+    state_dir: &Path,
+    args: &PlanArgs,
+    reason: String,
+    trigger: Option<String>,
+    run: &RunArgs,
+    drill: bool,
+    _format: OutputFormat,
+) -> rollback_core::Result<Outcome> {
+    let plan = load(args)?;
+    execute_plan(state_dir, &plan, reason, trigger, run, drill).await
+}
+
+/// Runs (or drills) a loaded plan.
+async fn execute_plan(
+    state_dir: &Path,
+    plan: &Plan,
+    reason: String,
+    trigger: Option<String>,
+    run: &RunArgs,
+    drill: bool,
+) -> rollback_core::Result<Outcome> {
+    let executor = Executor::new(Arc::new(FileJournal::new(state_dir)));
+    let progress = Progress::new(plan.budget);
+    let mut options = run_options(run, reason, &progress);
+    options.trigger = trigger;
+    options.drill = drill;
+    let ticker = progress.spawn_ticker();
+    let result = executor.run(plan, options).await;
+    finish_run(&executor, &progress, ticker, plan, result, drill, state_dir).await
+}
+
+async fn finish_run(
+    executor: &Executor,
+    progress: &Progress,
+    ticker: Option<tokio::task::JoinHandle<()>>,
+    plan: &Plan,
+    result: rollback_core::Result<RunReport>,
+    drill: bool,
+    state_dir: &Path,
+) -> rollback_core::Result<Outcome> {
+    if let Some(t) = ticker {
+        t.abort();
+    }
+    progress.finish();
+    let report = result?;
+    // Give notifications still in flight a bounded chance to arrive.
+    let notify_wait = plan
+        .notify
+        .iter()
+        .map(|n| n.timeout * (n.retries + 1))
+        .max()
+        .unwrap_or_default();
+    executor
+        .flush_notifications(notify_wait.min(Duration::from_secs(30)))
+        .await;
+    let mut text = output::render_report(&report);
+    let mut json = to_json(&report);
+    let mut code = exit::for_report(&report);
+    if drill {
+        let (md, js) = write_drill_report(state_dir, &report)?;
+        let verdict = if report.drill_passed() {
+            Style::stdout().ok("PASS")
+        } else {
+            Style::stdout().bad("FAIL")
+        };
+        text.push_str(&format!(
+            "\nDrill {verdict}. Report: {}\n                {}\n",
+            md.display(),
+            js.display()
+        ));
+        json = serde_json::json!({ "report": json, "drill_passed": report.drill_passed(),
+            "markdown": md.display().to_string(), "json": js.display().to_string() });
+        if code == exit::SUCCESS && !report.drill_passed() {
+            code = exit::BUDGET_EXCEEDED;
+        }
+    } else if report.status.is_some() && code != exit::SUCCESS {
+        text.push_str(&format!("\nDetails: rollback show {}\n", report.run.run_id));
+    }
+    if code == exit::CANCELLED {
+        text.push_str(&format!(
+            "Continue with: rollback resume {}\n",
+            report.run.run_id
+        ));
+    }
+    Ok(Outcome { json, text, code })
+}
+
+/// Writes `drill.md` and `drill.json` beside the run's journal.
+fn write_drill_report(
+    state_dir: &Path,
+    report: &RunReport,
+) -> rollback_core::Result<(PathBuf, PathBuf)> {
+    let dir = state_dir.join("runs").join(&report.run.run_id);
+    let md = dir.join("drill.md");
+    let js = dir.join("drill.json");
+    let doc = serde_json::json!({
+        "passed": report.drill_passed(),
+        "budget_used_percent": report.budget_used_percent(),
+        "report": report,
+    });
+    std::fs::write(&md, report.to_markdown())
+        .and_then(|_| std::fs::write(&js, serde_json::to_vec_pretty(&doc).unwrap_or_default()))
+        .map_err(|source| Error::Journal {
+            path: dir.clone(),
+            source,
+        })?;
+    Ok((md, js))
+}
+
+async fn resolve_run_id(
+    store: &FileJournal,
+    run_id: &str,
+    unfinished_only: bool,
+) -> rollback_core::Result<String> {
+    if run_id != "last" {
+        return Ok(run_id.to_string());
+    }
+    let runs = store.list().await?;
+    runs.iter()
+        .find(|r| !unfinished_only || r.status != Some(rollback_core::RunStatus::Succeeded))
+        .map(|r| r.run_id.clone())
+        .ok_or_else(|| Error::InvalidInput {
+            message: if unfinished_only {
+                "no unfinished run to resume".into()
+            } else {
+                "no runs yet".into()
+            },
+        })
+}
+
+async fn resume(
+    state_dir: &Path,
+    run_id: &str,
+    run: &RunArgs,
+    _format: OutputFormat,
+) -> rollback_core::Result<Outcome> {
+    let store = FileJournal::new(state_dir);
+    let run_id = resolve_run_id(&store, run_id, true).await?;
+    let stored = store.read(&run_id).await?;
+    let file = format!(
+        "{} (as recorded in run {run_id})",
+        stored
+            .info
+            .plan_path
+            .clone()
+            .unwrap_or_else(|| "plan".into())
+    );
+    // The plan as it was when the run started; vars as they were then.
+    let mut plan = Plan::from_yaml(&stored.plan_text, &file, &registry(), &BTreeMap::new())?;
+    plan.vars = stored.info.vars.clone();
+    plan.source.path = stored.info.plan_path.as_ref().map(PathBuf::from);
+    let executor = Executor::new(Arc::new(store));
+    let progress = Progress::new(plan.budget);
+    let mut options = run_options(run, stored.info.reason.clone(), &progress);
+    options.drill = stored.info.drill;
+    let ticker = progress.spawn_ticker();
+    let result = executor.resume(&plan, &run_id, options).await;
+    finish_run(
+        &executor,
+        &progress,
+        ticker,
+        &plan,
+        result,
+        stored.info.drill,
+        state_dir,
+    )
+    .await
+}
+
+async fn history(
+    state_dir: &Path,
+    plan: Option<&str>,
+    limit: usize,
+) -> rollback_core::Result<Outcome> {
+    let store = FileJournal::new(state_dir);
+    let mut runs = store.list().await?;
+    if let Some(p) = plan {
+        runs.retain(|r| r.plan == p);
+    }
+    runs.truncate(limit);
+    Ok(Outcome {
+        json: to_json(&runs),
+        text: output::render_history(&runs),
+        code: exit::SUCCESS,
+    })
+}
+
+async fn show(state_dir: &Path, run_id: &str) -> rollback_core::Result<Outcome> {
+    let store = FileJournal::new(state_dir);
+    let run_id = resolve_run_id(&store, run_id, false).await?;
+    let stored = store.read(&run_id).await?;
+    let report = RunReport::from_stored(&stored).ok_or_else(|| Error::InvalidInput {
+        message: format!("run {run_id} has an empty journal"),
+    })?;
+    let mut text = output::render_report(&report);
+    if stored.torn_tail {
+        text.push_str(
+            "  (the journal's last line was cut short: the runner died while writing it)\n",
+        );
+    }
+    text.push_str(&format!(
+        "\n  journal: {}\n",
+        store.run_dir(&run_id).join("journal.jsonl").display()
+    ));
+    Ok(Outcome {
+        json: to_json(&report),
+        text,
+        code: exit::SUCCESS,
+    })
+}
+
+fn kinds() -> Outcome {
+    let r = registry();
+    let mut text = String::new();
+    let mut json = serde_json::Map::new();
+    for (title, list) in [
+        ("Steps", r.step_kinds()),
+        ("Checks", r.verifier_kinds()),
+        ("Notifiers", r.notifier_kinds()),
+    ] {
+        text.push_str(&format!("{title}:\n"));
+        if list.is_empty() {
+            text.push_str("  (none in this build)\n");
+        }
+        for (kind, summary) in &list {
+            text.push_str(&format!("  {kind:<22} {summary}\n"));
+        }
+        json.insert(
+            title.to_lowercase(),
+            serde_json::json!(list
+                .iter()
+                .map(|(k, s)| serde_json::json!({"kind": k, "summary": s}))
+                .collect::<Vec<_>>()),
+        );
+    }
+    Outcome {
+        json: serde_json::Value::Object(json),
+        text,
+        code: exit::SUCCESS,
+    }
+}
