@@ -177,11 +177,13 @@ impl Bus {
     /// Records, shows and announces an event, in that order of queuing.
     fn queue(&self, event: Event) {
         // Everything leaving the engine passes here: redact it once, whole.
-        let event = match serde_json::to_value(&event) {
-            Ok(v) if self.resolver.redact(&v.to_string()) != v.to_string() => {
-                serde_json::from_value(self.resolver.redact_value(&v)).unwrap_or(event)
+        let event = if self.resolver.has_secrets() {
+            match serde_json::to_value(&event) {
+                Ok(v) => serde_json::from_value(self.resolver.redact_value(&v)).unwrap_or(event),
+                Err(_) => event,
             }
-            _ => event,
+        } else {
+            event
         };
         let record = Record::now(event);
         if let Some(observer) = &self.observer {

@@ -295,6 +295,11 @@ impl Resolver {
         }
     }
 
+    /// Whether any secret has been resolved (and so may need redacting).
+    pub fn has_secrets(&self) -> bool {
+        !self.secrets.lock().expect("secrets lock").is_empty()
+    }
+
     /// Replaces every secret resolved so far by `***`.
     pub fn redact(&self, text: &str) -> String {
         let secrets = self.secrets.lock().expect("secrets lock");

@@ -311,7 +311,7 @@ impl GitRestore {
 
 /// What `run` replaced, kept beside the copies in the backup folder so that
 /// undo works even if the run was interrupted and resumed.
-#[derive(Debug, Default, Serialize, Deserialize)]
+#[derive(Debug, Serialize, Deserialize)]
 struct Manifest {
     repo: String,
     /// Path → whether it existed before the first run changed it.
@@ -416,10 +416,16 @@ impl Step for GitRestore {
         if !changed.is_empty() {
             // Keep the first copy of each file: after an interrupted run, the
             // working tree may already hold the restored version.
-            let mut manifest = load_manifest(ctx, &backup_dir)?.unwrap_or(Manifest {
-                repo: survey.repo.clone(),
-                ..Manifest::default()
-            });
+            let mut manifest = match load_manifest(ctx, &backup_dir)? {
+                Some(manifest) => manifest,
+                None => Manifest {
+                    // Absolute, so that undo finds the files from any folder.
+                    repo: std::fs::canonicalize(&survey.repo)
+                        .map(|p| p.display().to_string())
+                        .unwrap_or_else(|_| survey.repo.clone()),
+                    existed: BTreeMap::new(),
+                },
+            };
             for path in &changed {
                 if manifest.existed.contains_key(*path) {
                     continue;
