@@ -7,7 +7,6 @@ pub mod demo;
 pub mod exit;
 pub mod output;
 
-use std::collections::BTreeMap;
 use std::io::{IsTerminal, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -411,8 +410,7 @@ async fn resume(
             .unwrap_or_else(|| "plan".into())
     );
     // The plan as it was when the run started; vars as they were then.
-    let mut plan = Plan::from_yaml(&stored.plan_text, &file, &registry(), &BTreeMap::new())?;
-    plan.vars = stored.info.vars.clone();
+    let mut plan = Plan::from_yaml(&stored.plan_text, &file, &registry(), &stored.info.vars)?;
     plan.source.path = stored.info.plan_path.as_ref().map(PathBuf::from);
     let executor = Executor::new(Arc::new(store));
     let progress = Progress::new(plan.budget);

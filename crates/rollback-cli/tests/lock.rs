@@ -51,7 +51,7 @@ fn second_run_is_refused_while_the_first_holds_the_lock() {
             }
         }
     }
-    let mut run1 = KillOnDrop(&mut run1);
+    let run1 = KillOnDrop(&mut run1);
     wait_for_file(&marker, "run 1's step to start");
 
     let runs = sb.history();
