@@ -310,6 +310,8 @@ impl Plan {
             root: &root,
             registry,
             diags: Vec::new(),
+            declared_vars: HashSet::new(),
+            declared_steps: HashSet::new(),
         };
         let plan = loader.plan(text, vars);
         if loader.diags.is_empty() {
@@ -479,6 +481,10 @@ struct Loader<'a> {
     root: &'a Node,
     registry: &'a Registry,
     diags: Vec<Diagnostic>,
+    /// Every variable the plan declares, with or without a value.
+    declared_vars: HashSet<String>,
+    /// Every step id the plan declares, built or not.
+    declared_steps: HashSet<String>,
 }
 
 fn key(k: &str) -> PathSeg {
@@ -785,6 +791,7 @@ impl Loader<'_> {
             .cloned()
             .chain(required.iter().map(|(n, _)| n.clone()))
             .collect();
+        self.declared_vars = declared.iter().cloned().collect();
         for (name, value) in overrides {
             if !declared.contains(name) {
                 let hint = did_you_mean(name, declared.iter().map(String::as_str)).or_else(|| {
@@ -838,7 +845,20 @@ impl Loader<'_> {
         path: &[PathSeg],
         common: &[&str],
     ) -> Option<Arc<T>> {
-        match entry.build(self.split(node, common)) {
+        let mut config = self.split(node, common);
+        let mut result = entry.build(config.clone());
+        // `argv: [sleep, 5]`: YAML reads 5 as a number; where a kind wants a
+        // string, a plain number or boolean is taken as its text.
+        for _ in 0..256 {
+            let Err(BuildError::Shape { path: rel, message }) = &result else {
+                break;
+            };
+            if !message.contains("expected a string") || !coerce_to_string(&mut config, rel) {
+                break;
+            }
+            result = entry.build(config.clone());
+        }
+        match result {
             Ok(built) => Some(built),
             Err(BuildError::Shape { path: rel, message }) => {
                 let mut full = join(path, &rel);
@@ -1072,7 +1092,9 @@ impl Loader<'_> {
             };
             for r in refs {
                 match r {
-                    Reference::Var(name) if !vars.contains_key(&name) => {
+                    Reference::Var(name)
+                        if !vars.contains_key(&name) && !self.declared_vars.contains(&name) =>
+                    {
                         let hint =
                             did_you_mean(&name, vars.keys().map(String::as_str)).or_else(|| {
                                 Some(format!(
@@ -1087,7 +1109,9 @@ impl Loader<'_> {
                         );
                     }
                     Reference::StepOutput { step, output } => {
-                        if let Err((message, hint)) = scope.check(&step, &output) {
+                        if let Err((message, hint)) =
+                            scope.check(&step, &output, &self.declared_steps)
+                        {
                             self.report_at(pos, &full, message, hint);
                         }
                     }
@@ -1317,6 +1341,31 @@ impl Loader<'_> {
     }
 }
 
+/// Replaces the number or boolean at `path` by its text; false if there is none.
+fn coerce_to_string(config: &mut serde_json::Value, path: &[PathSeg]) -> bool {
+    let mut value = config;
+    for seg in path {
+        value = match (seg, value) {
+            (PathSeg::Key(k), serde_json::Value::Object(map)) => match map.get_mut(k) {
+                Some(v) => v,
+                None => return false,
+            },
+            (PathSeg::Index(i), serde_json::Value::Array(items)) => match items.get_mut(*i) {
+                Some(v) => v,
+                None => return false,
+            },
+            _ => return false,
+        };
+    }
+    let text = match value {
+        serde_json::Value::Number(n) => n.to_string(),
+        serde_json::Value::Bool(b) => b.to_string(),
+        _ => return false,
+    };
+    *value = serde_json::Value::String(text);
+    true
+}
+
 /// Maps a `steps[i]...` field from [`check_graph`] (indexes among built
 /// steps) back to the entry in the file.
 fn graph_position(root: &Node, built: &[(usize, &Node)], field: &str) -> (Pos, String) {
@@ -1366,7 +1415,14 @@ enum RefScope<'a> {
 }
 
 impl RefScope<'_> {
-    fn check(&self, step: &str, output: &str) -> std::result::Result<(), (String, Option<String>)> {
+    /// `declared` holds ids of steps that exist in the file but could not be
+    /// built; references to them were already reported through that step.
+    fn check(
+        &self,
+        step: &str,
+        output: &str,
+        declared: &HashSet<String>,
+    ) -> std::result::Result<(), (String, Option<String>)> {
         match self {
             RefScope::NoSteps => Err((
                 format!("`${{steps.{step}.{output}}}`: preflight checks run before any step"),
@@ -1384,6 +1440,9 @@ impl RefScope<'_> {
             }
             RefScope::Step { steps, me } => {
                 let Some(target) = steps.iter().position(|s| s.id == step) else {
+                    if declared.contains(step) {
+                        return Ok(());
+                    }
                     return Err((
                         format!("`${{steps.{step}.{output}}}`: no step with id `{step}`"),
                         did_you_mean(step, steps.iter().map(|s| s.id.as_str())),
