@@ -10,19 +10,21 @@ use common::*;
 
 /// The plan a → b → c; `b` appends to the counter, then on its first run
 /// (no marker yet) creates the marker and hangs, so the runner can be killed
-/// while it runs.
-fn setup(sb: &Sandbox) -> std::path::PathBuf {
+/// while it runs. With `with_var`, the scripts' folder is a required plan
+/// variable (`vars: {dir: }`) given with `--var` on the first run only: resume
+/// must reuse it. Returns the plan and the extra arguments of `run`.
+fn setup(sb: &Sandbox, with_var: bool) -> (std::path::PathBuf, Vec<String>) {
     let counter = sb.file("counter.txt");
     let marker = sb.file("b-started.marker");
     let append = |name: &str, letter: &str| {
         sb.write(
             name,
             &format!("#!/bin/sh\necho {letter} >> {}\n", qp(&counter)),
-        )
+        );
     };
-    let a = append("a.sh", "a");
-    let c = append("c.sh", "c");
-    let b = sb.write(
+    append("a.sh", "a");
+    append("c.sh", "c");
+    sb.write(
         "b.sh",
         &format!(
             "#!/bin/sh\n\
@@ -33,31 +35,45 @@ fn setup(sb: &Sandbox) -> std::path::PathBuf {
             marker = qp(&marker),
         ),
     );
-    sb.write(
+    let dir = sb.path().to_str().expect("UTF-8 path");
+    let (vars, prefix, extra) = if with_var {
+        (
+            "vars:\n  dir:\n".to_string(),
+            "${var:dir}".to_string(),
+            vec!["--var".to_string(), format!("dir={dir}")],
+        )
+    } else {
+        (String::new(), dir.to_string(), Vec::new())
+    };
+    let script = |name: &str| q(format!("{prefix}/{name}"));
+    let plan = sb.write(
         "plan.yaml",
         &format!(
             "name: resume-test\n\
              budget: 5m\n\
+             {vars}\
              steps:\n\
              \x20 - id: a\n    kind: exec\n    argv: [sh, {a}]\n\
              \x20 - id: b\n    kind: exec\n    after: [a]\n    argv: [sh, {b}]\n\
              \x20 - id: c\n    kind: exec\n    after: [b]\n    argv: [sh, {c}]\n",
-            a = qp(&a),
-            b = qp(&b),
-            c = qp(&c),
+            a = script("a.sh"),
+            b = script("b.sh"),
+            c = script("c.sh"),
         ),
-    )
+    );
+    (plan, extra)
 }
 
 /// Starts the run, waits until `b` runs and has created its marker, then
 /// kills the runner's whole process group with SIGKILL. Returns the run id.
-fn start_and_kill(sb: &Sandbox, plan: &std::path::Path) -> String {
+fn start_and_kill(sb: &Sandbox, plan: &std::path::Path, extra: &[String]) -> String {
     let mut cmd = sb.cmd([
         "run".as_ref(),
         plan.as_os_str(),
         "--reason".as_ref(),
         "test".as_ref(),
     ]);
+    cmd.args(extra);
     cmd.stdout(Stdio::null())
         .stderr(Stdio::piped())
         .process_group(0);
@@ -123,10 +139,10 @@ fn counter(sb: &Sandbox) -> Vec<String> {
         .collect()
 }
 
-fn resume_after_kill(resume_arg: Option<&str>) {
+fn resume_after_kill(resume_arg: Option<&str>, with_var: bool) {
     let sb = Sandbox::new();
-    let plan = setup(&sb);
-    let run_id = start_and_kill(&sb, &plan);
+    let (plan, extra) = setup(&sb, with_var);
+    let run_id = start_and_kill(&sb, &plan, &extra);
 
     // The run is unfinished: a, then b started; c never did.
     assert_eq!(counter(&sb), ["a", "b"]);
@@ -162,6 +178,13 @@ fn resume_after_kill(resume_arg: Option<&str>) {
         "{report:#}"
     );
     assert_eq!(step(&report, "a")["from_earlier_segment"], true);
+    if with_var {
+        assert_eq!(
+            report["run"]["vars"]["dir"],
+            sb.path().to_str().expect("UTF-8"),
+            "{report:#}"
+        );
+    }
     for id in ["b", "c"] {
         assert_eq!(step(&report, id)["outcome"], "succeeded", "{report:#}");
         assert!(step(&report, id)["from_earlier_segment"].is_null());
@@ -201,12 +224,17 @@ fn resume_after_kill(resume_arg: Option<&str>) {
 
 #[test]
 fn resume_by_id_after_sigkill_skips_completed_steps() {
-    resume_after_kill(None);
+    resume_after_kill(None, false);
 }
 
 #[test]
 fn resume_last_after_sigkill_picks_the_unfinished_run() {
-    resume_after_kill(Some("last"));
+    resume_after_kill(Some("last"), false);
+}
+
+#[test]
+fn resume_reuses_the_variables_given_to_the_first_run() {
+    resume_after_kill(None, true);
 }
 
 #[test]
@@ -223,4 +251,60 @@ fn resume_last_with_nothing_unfinished_is_invalid_input() {
         "{}",
         out.stderr
     );
+}
+
+/// A run that stopped on a failed step is resumed from that step; outputs of
+/// the steps completed before reach the steps after, from the journal.
+#[test]
+fn resume_after_a_failed_step_runs_only_what_is_left() {
+    let sb = Sandbox::new();
+    let fixed = sb.file("fixed");
+    let got = sb.file("got.txt");
+    let plan = sb.write(
+        "plan.yaml",
+        &format!(
+            "name: fix-and-resume
+steps:
+  - id: a
+    kind: exec
+    argv: [echo, hello from a]
+  - id: b
+    kind: exec
+    after: [a]
+    argv: [test, -e, {fixed}]
+  - id: c
+    kind: exec
+    after: [b]
+    argv: [sh, -c, 'printf %s \"$1\" > \"$0\"', {got}, \"${{steps.a.stdout}}\"]
+",
+            fixed = qp(&fixed),
+            got = qp(&got),
+        ),
+    );
+    let out = sb.run([
+        "run".as_ref(),
+        plan.as_os_str(),
+        "--reason".as_ref(),
+        "t".as_ref(),
+    ]);
+    out.expect_code(1);
+    let run_id = sb.only_run_id();
+    assert_eq!(sb.history()[0]["status"], "step_failed");
+    assert!(!got.exists());
+
+    // The operator fixes the cause, then resumes.
+    std::fs::write(&fixed, "").expect("fix");
+    let out = sb.run(["resume", "last"]);
+    out.expect_code(0);
+    assert_eq!(
+        std::fs::read_to_string(&got).expect("got.txt"),
+        "hello from a"
+    );
+    let records = sb.records(&run_id);
+    let a_starts = events(&records, "step_started")
+        .into_iter()
+        .filter(|r| r["step"] == "a")
+        .count();
+    assert_eq!(a_starts, 1, "a must not run again: {records:#?}");
+    assert_eq!(sb.show(&run_id)["status"], "succeeded");
 }

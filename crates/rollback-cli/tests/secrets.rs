@@ -190,3 +190,52 @@ fn an_unset_secret_fails_the_step_with_its_name() {
         out.stderr
     );
 }
+
+/// After a resume, completed steps' outputs come from the journal, where
+/// secrets are `***`: a later step must get the real value (or the run must
+/// fail saying why), never `***` silently.
+#[test]
+#[ignore = "src bug: on resume, outputs are restored from the redacted journal (executor.rs, resume path); see report"]
+fn a_secret_output_is_not_replaced_by_stars_after_a_resume() {
+    let sb = Sandbox::new();
+    let fixed = sb.file("fixed");
+    let got = sb.file("got.txt");
+    let plan = sb.write(
+        "plan.yaml",
+        &format!(
+            "name: secret-resume
+steps:
+  - id: a
+    kind: exec
+    argv: [echo, \"${{env:ROLLBACK_TEST_TOKEN}}\"]
+  - id: b
+    kind: exec
+    after: [a]
+    argv: [test, -e, {fixed}]
+  - id: c
+    kind: exec
+    after: [b]
+    argv: [sh, -c, 'printf %s \"$1\" > \"$0\"', {got}, \"${{steps.a.stdout}}\"]
+",
+            fixed = qp(&fixed),
+            got = qp(&got),
+        ),
+    );
+    let mut cmd = sb.cmd([
+        "run".as_ref(),
+        plan.as_os_str(),
+        "--reason".as_ref(),
+        "t".as_ref(),
+    ]);
+    cmd.env("ROLLBACK_TEST_TOKEN", TOKEN);
+    run_cmd(cmd).expect_code(1);
+    std::fs::write(&fixed, "").expect("fix");
+    let mut cmd = sb.cmd(["resume", "last"]);
+    cmd.env("ROLLBACK_TEST_TOKEN", TOKEN);
+    let out = run_cmd(cmd);
+    assert_no_secret("resume output", &out.all());
+    match std::fs::read_to_string(&got) {
+        Ok(value) => assert_eq!(value, TOKEN, "step c got a redacted value"),
+        Err(_) => assert_ne!(out.code, 0, "c did not run, yet the resume succeeded"),
+    }
+}

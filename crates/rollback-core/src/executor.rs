@@ -17,7 +17,7 @@ use crate::approval::{Approval, ApprovalRequest, Approver, NonInteractive};
 use crate::duration::millis;
 use crate::error::{Error, LockHolder, Result};
 use crate::event::{CheckPhase, Event, Outcome, RunInfo, RunStatus, StepInfo};
-use crate::journal::{timestamp, JournalStore, Record, RunJournal};
+use crate::journal::{timestamp, JournalStore, PlanLocker, Record, RunJournal};
 use crate::plan::{
     default_operator, BudgetPolicy, FailurePolicy, Plan, PlanCheck, PlanNotifier, PlanStep,
 };
@@ -138,6 +138,7 @@ impl PreviewReport {
 /// Runs plans against a journal store.
 pub struct Executor {
     store: Arc<dyn JournalStore>,
+    locker: Option<Arc<dyn PlanLocker>>,
     notifications: Mutex<Vec<JoinHandle<()>>>,
 }
 
@@ -248,8 +249,15 @@ impl Executor {
     pub fn new(store: Arc<dyn JournalStore>) -> Self {
         Executor {
             store,
+            locker: None,
             notifications: Mutex::new(Vec::new()),
         }
+    }
+
+    /// Takes plan locks from `locker` instead of the journal store.
+    pub fn with_locker(mut self, locker: Arc<dyn PlanLocker>) -> Self {
+        self.locker = Some(locker);
+        self
     }
 
     /// The journal store.
@@ -373,7 +381,10 @@ impl Executor {
             since: started_at,
             run_id: run_id.clone(),
         };
-        let _lock = self.store.lock(&plan.name, &holder).await?;
+        let _lock = match &self.locker {
+            Some(locker) => locker.lock(&plan.name, &holder).await?,
+            None => self.store.lock(&plan.name, &holder).await?,
+        };
         let journal = match &resume {
             Some(_) => self.store.reopen(&run_id).await?,
             None => self.store.create(&info, &plan.source.text).await?,
@@ -392,7 +403,33 @@ impl Executor {
                     .unwrap_or_default(),
             ),
         });
-        self.start_notifiers(&plan.notify, &bus);
+        let deadline = plan.budget.map(|b| segment_start + b);
+        let run_dir = self.store.run_dir(&run_id);
+        let approver: Arc<dyn Approver> = Arc::new(RecordingApprover {
+            inner: options.approver.clone(),
+            bus: bus.clone(),
+        });
+        let progress_bus = bus.clone();
+        let base_ctx = StepContext {
+            run_id: run_id.clone(),
+            step_id: String::new(),
+            attempt: 1,
+            operator: options.operator.clone(),
+            reason: info.reason.clone(),
+            deadline,
+            cancel: options.cancel.clone(),
+            resolver: resolver.clone(),
+            run_dir,
+            approver,
+            progress: Arc::new(move |step: &str, message: &str| {
+                progress_bus.queue(Event::StepProgress {
+                    step: step.to_string(),
+                    message: message.to_string(),
+                })
+            }),
+        };
+
+        self.start_notifiers(&plan.notify, &bus, &base_ctx);
 
         let mut completed_order: Vec<usize> = Vec::new();
         let index = plan.step_index();
@@ -430,31 +467,6 @@ impl Executor {
                 .await?;
             }
         }
-
-        let deadline = plan.budget.map(|b| segment_start + b);
-        let run_dir = self.store.run_dir(&run_id);
-        let approver: Arc<dyn Approver> = Arc::new(RecordingApprover {
-            inner: options.approver.clone(),
-            bus: bus.clone(),
-        });
-        let progress_bus = bus.clone();
-        let base_ctx = StepContext {
-            run_id: run_id.clone(),
-            step_id: String::new(),
-            attempt: 1,
-            operator: options.operator.clone(),
-            deadline,
-            cancel: options.cancel.clone(),
-            resolver: resolver.clone(),
-            run_dir,
-            approver,
-            progress: Arc::new(move |step: &str, message: &str| {
-                progress_bus.queue(Event::StepProgress {
-                    step: step.to_string(),
-                    message: message.to_string(),
-                })
-            }),
-        };
 
         let status = 'run: {
             if !plan.preflight.is_empty() {
@@ -548,7 +560,7 @@ impl Executor {
         Ok(RunReport::from_records(&records).expect("run records start with run_started"))
     }
 
-    fn start_notifiers(&self, notifiers: &[PlanNotifier], bus: &Arc<Bus>) {
+    fn start_notifiers(&self, notifiers: &[PlanNotifier], bus: &Arc<Bus>, base_ctx: &StepContext) {
         let mut handles = self.notifications.lock().expect("notification tasks");
         for n in notifiers {
             let (tx, mut rx) = mpsc::unbounded_channel::<Event>();
@@ -558,14 +570,18 @@ impl Executor {
                 .push((n.events.clone(), tx));
             let n = n.clone();
             let bus = bus.clone();
+            let mut ctx = base_ctx.clone();
+            ctx.step_id = format!("notify:{}", n.kind);
             handles.push(tokio::spawn(async move {
                 while let Some(event) = rx.recv().await {
                     let mut attempt = 0;
                     loop {
                         attempt += 1;
-                        let result =
-                            tokio::time::timeout(n.timeout, n.notifier.notify(&bus.info, &event))
-                                .await;
+                        let result = tokio::time::timeout(
+                            n.timeout,
+                            n.notifier.notify(&ctx, &bus.info, &event),
+                        )
+                        .await;
                         let error = match result {
                             Ok(Ok(())) => break,
                             Ok(Err(e)) => e.full_message(),
@@ -602,6 +618,7 @@ impl Executor {
             step_id: String::new(),
             attempt: 1,
             operator: default_operator(),
+            reason: "dry run".into(),
             deadline: None,
             cancel: CancellationToken::new(),
             resolver: resolver.clone(),

@@ -163,6 +163,16 @@ pub trait RunJournal: Send + Sync {
 /// Held while a run of a plan is active; dropping it releases the lock.
 pub trait PlanLockGuard: Send + Sync {}
 
+/// Mutual exclusion between runs of the same plan, when it must come from a
+/// shared system (a Kubernetes Lease, a Postgres advisory lock) rather than the
+/// journal store's own lock.
+#[async_trait]
+pub trait PlanLocker: Send + Sync {
+    /// Takes the exclusive lock of `plan`, or reports who holds it
+    /// ([`Error::Locked`]).
+    async fn lock(&self, plan: &str, holder: &LockHolder) -> Result<Box<dyn PlanLockGuard>>;
+}
+
 /// Where runs are recorded and plans are locked.
 #[async_trait]
 pub trait JournalStore: Send + Sync {

@@ -21,7 +21,9 @@ pub use duration::HumanDuration;
 pub use error::{Diagnostic, Error, LockHolder, Result};
 pub use event::{CheckPhase, Event, Outcome, RunInfo, RunStatus};
 pub use executor::{Executor, PreviewReport, RunOptions, StepPreview};
-pub use journal::{FileJournal, JournalStore, Record, RunJournal, RunSummary, StoredRun};
+pub use journal::{
+    FileJournal, JournalStore, PlanLockGuard, PlanLocker, Record, RunJournal, RunSummary, StoredRun,
+};
 pub use plan::{BudgetPolicy, FailurePolicy, Plan, PlanCheck, PlanNotifier, PlanSource, PlanStep};
 pub use registry::{ConfigError, Registry};
 pub use report::{CheckReport, RunReport, StepReport};

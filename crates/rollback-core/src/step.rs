@@ -222,8 +222,14 @@ pub trait Notifier: Send + Sync + fmt::Debug + 'static {
     /// One line describing where notifications go (no tokens).
     fn describe(&self) -> String;
 
-    /// Delivers one event.
-    async fn notify(&self, run: &RunInfo, event: &Event) -> Result<(), StepError>;
+    /// Delivers one event. `ctx` resolves `${env:...}` secrets (tokens) and
+    /// redacts them; `run` says who, why and which plan.
+    async fn notify(
+        &self,
+        ctx: &StepContext,
+        run: &RunInfo,
+        event: &Event,
+    ) -> Result<(), StepError>;
 }
 
 /// What a step, verifier or notifier sees while it works.
@@ -233,6 +239,7 @@ pub struct StepContext {
     pub(crate) step_id: String,
     pub(crate) attempt: u32,
     pub(crate) operator: String,
+    pub(crate) reason: String,
     pub(crate) deadline: Option<Instant>,
     pub(crate) cancel: CancellationToken,
     pub(crate) resolver: Arc<Resolver>,
@@ -259,6 +266,7 @@ impl StepContext {
             step_id: step_id.into(),
             attempt: 1,
             operator: crate::plan::default_operator(),
+            reason: "standalone".into(),
             deadline: None,
             cancel: CancellationToken::new(),
             resolver: Arc::new(Resolver::new(BTreeMap::new())),
@@ -286,6 +294,23 @@ impl StepContext {
     /// Who runs the plan.
     pub fn operator(&self) -> &str {
         &self.operator
+    }
+
+    /// Why the run was started (`--reason`, or the trigger).
+    pub fn reason(&self) -> &str {
+        &self.reason
+    }
+
+    /// Outputs of the steps completed so far in this run, by step id (e.g. to
+    /// find a verified backup taken earlier in the run).
+    pub fn completed_outputs(&self) -> BTreeMap<String, Outputs> {
+        self.resolver.all_outputs()
+    }
+
+    /// A copy with plan variables set (for tests and embedding).
+    pub fn with_vars(mut self, vars: BTreeMap<String, String>) -> Self {
+        self.resolver = Arc::new(Resolver::new(vars));
+        self
     }
 
     /// When the plan's budget runs out, if it has one.

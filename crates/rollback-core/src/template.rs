@@ -219,6 +219,16 @@ impl Resolver {
             .insert(step.to_string(), outputs);
     }
 
+    /// Outputs of every step recorded so far.
+    pub fn all_outputs(&self) -> std::collections::BTreeMap<String, Outputs> {
+        self.outputs
+            .read()
+            .expect("outputs lock")
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect()
+    }
+
     /// Outputs recorded for `step`.
     pub fn outputs_of(&self, step: &str) -> Option<Outputs> {
         self.outputs

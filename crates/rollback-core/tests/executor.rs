@@ -690,7 +690,12 @@ impl Notifier for NeverAnswers {
     fn describe(&self) -> String {
         "a notifier that never answers".into()
     }
-    async fn notify(&self, _run: &RunInfo, _event: &Event) -> Result<(), StepError> {
+    async fn notify(
+        &self,
+        _ctx: &StepContext,
+        _run: &RunInfo,
+        _event: &Event,
+    ) -> Result<(), StepError> {
         std::future::pending().await
     }
 }
