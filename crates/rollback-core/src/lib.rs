@@ -14,6 +14,7 @@ pub mod retry;
 pub mod schema;
 pub mod step;
 pub mod template;
+pub mod testing;
 pub mod yaml;
 
 pub use approval::{Approval, ApprovalRequest, Approver, NonInteractive};
