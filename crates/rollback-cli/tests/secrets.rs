@@ -195,7 +195,6 @@ fn an_unset_secret_fails_the_step_with_its_name() {
 /// secrets are `***`: a later step must get the real value (or the run must
 /// fail saying why), never `***` silently.
 #[test]
-#[ignore = "src bug: on resume, outputs are restored from the redacted journal (executor.rs, resume path); see report"]
 fn a_secret_output_is_not_replaced_by_stars_after_a_resume() {
     let sb = Sandbox::new();
     let fixed = sb.file("fixed");

@@ -190,6 +190,11 @@ pub enum Event {
         /// Why it did not succeed.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         error: Option<String>,
+        /// Some output held a secret and was redacted here: a resumed run
+        /// cannot hand the journaled value to later steps, so it runs the step
+        /// again (steps are idempotent) instead of passing `***` on.
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        redacted: bool,
     },
     /// A step was not run because a step it depends on did not succeed, or the
     /// run stopped before reaching it.

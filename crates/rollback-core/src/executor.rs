@@ -771,6 +771,7 @@ async fn run_steps(
                             duration_ms: millis(started.elapsed()),
                             outputs: Outputs::new(),
                             error: Some(error),
+                            redacted: false,
                         });
                         (i, Ok(StepRun { outcome }))
                     }
@@ -934,13 +935,16 @@ async fn execute_step(
         // Later steps see the real values; the journal sees them redacted.
         bus.resolver.set_outputs(&step.id, outputs.clone());
     }
+    let journaled = bus.resolver.redact_outputs(&outputs);
+    let redacted = journaled != outputs;
     bus.emit(Event::StepFinished {
         step: step.id.clone(),
         outcome,
         attempts: attempt,
         duration_ms: millis(start.elapsed()),
-        outputs: bus.resolver.redact_outputs(&outputs),
+        outputs: journaled,
         error,
+        redacted,
     })
     .await?;
     Ok(StepRun { outcome })

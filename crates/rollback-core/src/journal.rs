@@ -87,7 +87,9 @@ impl StoredRun {
         status
     }
 
-    /// Steps that completed and were not undone, with their outputs.
+    /// Steps that completed and were not undone, with their outputs. A step
+    /// whose outputs were redacted (they held a secret) is left out: a
+    /// resume runs it again to get the real values.
     pub fn completed_steps(&self) -> BTreeMap<String, Outputs> {
         let mut done = BTreeMap::new();
         for r in &self.records {
@@ -96,6 +98,7 @@ impl StoredRun {
                     step,
                     outcome: Outcome::Succeeded,
                     outputs,
+                    redacted: false,
                     ..
                 } => {
                     done.insert(step.clone(), outputs.clone());
@@ -585,6 +588,7 @@ mod tests {
             duration_ms: 3,
             outputs: Outputs::from([("k".to_string(), serde_json::json!("v"))]),
             error: None,
+            redacted: false,
         }));
         j.commit().await.unwrap();
         // A crash mid-write leaves half a line.

@@ -441,8 +441,8 @@ fn check_graph(
                             .iter()
                             .map(|(n, _)| steps[*n].id.as_str())
                             .collect();
-                        names.reverse();
-                        names.insert(0, steps[d].id.as_str());
+                        // Each step on the DFS stack runs after the next one.
+                        names.push(steps[d].id.as_str());
                         let cycle = names.join(" → ");
                         report(
                             format!("steps[{node}].after"),

@@ -169,6 +169,7 @@ impl RunReport {
                     duration_ms,
                     outputs,
                     error,
+                    ..
                 } => {
                     if let Some(i) = step(&mut report, id) {
                         let s = &mut report.steps[i];
@@ -259,9 +260,17 @@ impl RunReport {
     }
 
     /// Whether a drill of this run passes: it succeeded within its budget.
+    /// A resumed run is measured from its first start: a crash mid-drill
+    /// counts against the time.
     pub fn drill_passed(&self) -> bool {
+        let used = if self.resumed.is_empty() {
+            self.duration_ms
+        } else {
+            self.elapsed_ms
+        };
         self.status == Some(RunStatus::Succeeded)
-            && match (self.budget_ms, self.duration_ms) {
+            && !self.budget_exceeded
+            && match (self.budget_ms, used) {
                 (Some(budget), Some(used)) => used <= budget,
                 _ => true,
             }

@@ -11,6 +11,16 @@ fn duration() -> Value {
 }
 
 /// One `oneOf` branch per kind: the kind's own fields plus the common ones.
+/// An array whose items are one of the kinds' branches; with no kinds
+/// compiled in, an array that must stay empty (`oneOf: []` is invalid).
+fn kind_array(branches: Vec<Value>) -> Value {
+    if branches.is_empty() {
+        json!({ "type": "array", "maxItems": 0 })
+    } else {
+        json!({ "type": "array", "items": { "oneOf": branches } })
+    }
+}
+
 fn branches<T: ?Sized>(
     kinds: &std::collections::BTreeMap<String, KindEntry<T>>,
     common: &Map<String, Value>,
@@ -72,7 +82,11 @@ pub fn plan_schema(registry: &Registry) -> Value {
         "retries": { "type": "integer", "minimum": 0 },
     });
     let as_map = |v: Value| v.as_object().cloned().unwrap_or_default();
-    let checks = json!({ "type": "array", "items": { "oneOf": branches(&registry.verifiers, &as_map(check_common), &["kind"]) } });
+    let checks = kind_array(branches(
+        &registry.verifiers,
+        &as_map(check_common),
+        &["kind"],
+    ));
     json!({
         "$schema": "https://json-schema.org/draft/2020-12/schema",
         "title": "rollback plan",
@@ -90,7 +104,7 @@ pub fn plan_schema(registry: &Registry) -> Value {
             "steps": { "type": "array", "minItems": 1, "items": { "oneOf": branches(&registry.steps, &as_map(step_common), &["id", "kind"]) } },
             "verify": checks.clone(),
             "preflight": checks,
-            "notify": { "type": "array", "items": { "oneOf": branches(&registry.notifiers, &as_map(notify_common), &["kind"]) } },
+            "notify": kind_array(branches(&registry.notifiers, &as_map(notify_common), &["kind"])),
         }
     })
 }
