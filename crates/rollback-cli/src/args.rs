@@ -72,6 +72,11 @@ pub struct RunArgs {
     /// Approve every `confirm` step up front (needed when there is no terminal).
     #[arg(long, short = 'y')]
     pub yes: bool,
+
+    /// Record that ROLE approved, for the plan's `approvals:` (repeatable):
+    /// --approved-by engineering-manager=amara. Without it a terminal run asks.
+    #[arg(long = "approved-by", value_name = "ROLE=NAME")]
+    pub approved_by: Vec<String>,
 }
 
 /// Subcommands.

@@ -267,6 +267,7 @@ pub(crate) async fn quickstart(
     let run = RunArgs {
         operator: None,
         yes: true,
+        approved_by: Vec::new(),
     };
     let mut outcome = crate::execute_plan(
         state_dir,

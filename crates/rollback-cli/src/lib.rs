@@ -13,7 +13,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use clap::Parser;
-use rollback_core::approval::{Approval, ApprovalRequest, Approver, NonInteractive};
+use rollback_core::approval::{
+    Approval, ApprovalRequest, Approver, NonInteractive, PresetApprovals,
+};
 use rollback_core::executor::parse_vars;
 use rollback_core::journal::default_state_dir;
 use rollback_core::{
@@ -201,7 +203,13 @@ struct TerminalApprover {
 impl Approver for TerminalApprover {
     async fn approve(&self, request: &ApprovalRequest) -> Result<Approval, String> {
         self.progress.pause(true);
-        let prompt = format!("\n{}\n  Type `yes` to go ahead: ", request.message);
+        let prompt = match &request.role {
+            Some(role) => format!(
+                "\n{}\n  Name of the {role} who approves (empty to refuse): ",
+                request.message
+            ),
+            None => format!("\n{}\n  Type `yes` to go ahead: ", request.message),
+        };
         let answer = tokio::task::spawn_blocking(move || {
             eprint!("{prompt}");
             let _ = std::io::stderr().flush();
@@ -211,6 +219,11 @@ impl Approver for TerminalApprover {
         .await;
         self.progress.pause(false);
         match answer {
+            Ok(Ok(line)) if request.role.is_some() && !line.trim().is_empty() => Ok(Approval {
+                approved_by: line.trim().to_string(),
+                method: "interactive".into(),
+            }),
+            Ok(Ok(_)) if request.role.is_some() => Err("not approved (no name given)".into()),
             Ok(Ok(line)) if line.trim().eq_ignore_ascii_case("yes") => Ok(Approval {
                 approved_by: request.operator.clone(),
                 method: "interactive".into(),
@@ -221,8 +234,8 @@ impl Approver for TerminalApprover {
     }
 }
 
-fn approver(run: &RunArgs, progress: &Progress) -> Arc<dyn Approver> {
-    if run.yes || !std::io::stdin().is_terminal() {
+fn approver(run: &RunArgs, progress: &Progress) -> rollback_core::Result<Arc<dyn Approver>> {
+    let fallback: Arc<dyn Approver> = if run.yes || !std::io::stdin().is_terminal() {
         Arc::new(NonInteractive {
             assume_yes: run.yes,
         })
@@ -230,7 +243,29 @@ fn approver(run: &RunArgs, progress: &Progress) -> Arc<dyn Approver> {
         Arc::new(TerminalApprover {
             progress: progress.clone(),
         })
+    };
+    if run.approved_by.is_empty() {
+        return Ok(fallback);
     }
+    let mut approvals = std::collections::BTreeMap::new();
+    for item in &run.approved_by {
+        match item.split_once('=') {
+            Some((role, name)) if !role.trim().is_empty() && !name.trim().is_empty() => {
+                approvals.insert(role.trim().to_string(), name.trim().to_string());
+            }
+            _ => {
+                return Err(Error::InvalidInput {
+                    message: format!(
+                        "--approved-by `{item}`: write ROLE=NAME, e.g. engineering-manager=amara"
+                    ),
+                })
+            }
+        }
+    }
+    Ok(Arc::new(PresetApprovals {
+        approvals,
+        fallback,
+    }))
 }
 
 /// First Ctrl-C: stop scheduling and let running steps finish. Second: quit.
@@ -246,18 +281,23 @@ fn install_ctrl_c(cancel: CancellationToken) {
     });
 }
 
-fn run_options(run: &RunArgs, reason: String, progress: &Progress) -> RunOptions {
+fn run_options(
+    run: &RunArgs,
+    reason: String,
+    progress: &Progress,
+) -> rollback_core::Result<RunOptions> {
+    let approver = approver(run, progress)?;
     let cancel = CancellationToken::new();
     install_ctrl_c(cancel.clone());
     let p = progress.clone();
     let mut options = RunOptions::new(reason)
-        .approver(approver(run, progress))
+        .approver(approver)
         .cancel(cancel)
         .observer(move |record| p.on_record(record));
     if let Some(op) = &run.operator {
         options = options.operator(op.clone());
     }
-    options
+    Ok(options)
 }
 
 /// Runs (or drills) a plan file, shows progress, writes drill reports.
@@ -285,7 +325,7 @@ async fn execute_plan(
 ) -> rollback_core::Result<Outcome> {
     let executor = Executor::new(Arc::new(FileJournal::new(state_dir)));
     let progress = Progress::new(plan.budget);
-    let mut options = run_options(run, reason, &progress);
+    let mut options = run_options(run, reason, &progress)?;
     options.trigger = trigger;
     options.drill = drill;
     let ticker = progress.spawn_ticker();
@@ -414,7 +454,7 @@ async fn resume(
     plan.source.path = stored.info.plan_path.as_ref().map(PathBuf::from);
     let executor = Executor::new(Arc::new(store));
     let progress = Progress::new(plan.budget);
-    let mut options = run_options(run, stored.info.reason.clone(), &progress);
+    let mut options = run_options(run, stored.info.reason.clone(), &progress)?;
     options.drill = stored.info.drill;
     let ticker = progress.spawn_ticker();
     let result = executor.resume(&plan, &run_id, options).await;

@@ -320,10 +320,14 @@ impl Progress {
                 step,
                 approved_by,
                 method,
-            } => self.line(
-                &mut st,
-                format!("{step} approved by {approved_by} ({method})"),
-            ),
+                role,
+            } => {
+                let what = match role {
+                    Some(role) => format!("{step} approved by {approved_by} as {role} ({method})"),
+                    None => format!("{step} approved by {approved_by} ({method})"),
+                };
+                self.line(&mut st, what)
+            }
             Event::NotificationFailed {
                 notifier,
                 about,

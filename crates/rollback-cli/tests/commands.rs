@@ -484,7 +484,7 @@ fn confirm_without_a_terminal_needs_yes() {
     let report = sb.show(approved["run_id"].as_str().expect("run id"));
     assert_eq!(
         report["approvals"],
-        serde_json::json!([["go", "dave", "--yes"]]),
+        serde_json::json!([{"step": "go", "approved_by": "dave", "method": "--yes"}]),
         "{report:#}"
     );
     assert_eq!(step(&report, "go")["outputs"]["approved_by"], "dave");

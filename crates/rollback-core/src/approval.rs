@@ -12,6 +12,10 @@ pub struct ApprovalRequest {
     pub message: String,
     /// Who is running the plan.
     pub operator: String,
+    /// The role whose approval is needed (the plan's `approvals:`); `None`
+    /// for a plain confirmation, which the operator gives themself.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub role: Option<String>,
 }
 
 /// A granted approval, recorded in the journal.
@@ -19,7 +23,8 @@ pub struct ApprovalRequest {
 pub struct Approval {
     /// Who approved.
     pub approved_by: String,
-    /// How: `interactive` (answered at a terminal) or `--yes` (given up front).
+    /// How: `interactive` (answered at a terminal), `--yes` or
+    /// `--approved-by` (given up front).
     pub method: String,
 }
 
@@ -41,6 +46,13 @@ pub struct NonInteractive {
 #[async_trait]
 impl Approver for NonInteractive {
     async fn approve(&self, request: &ApprovalRequest) -> Result<Approval, String> {
+        if let Some(role) = &request.role {
+            return Err(format!(
+                "step `{}` needs approval by {role}; pass --approved-by '{role}=NAME' naming who approved, \
+                 or run from a terminal to be asked (--yes does not stand in for a named approver)",
+                request.step
+            ));
+        }
         if self.assume_yes {
             Ok(Approval {
                 approved_by: request.operator.clone(),
@@ -53,5 +65,81 @@ impl Approver for NonInteractive {
                 request.step, request.message
             ))
         }
+    }
+}
+
+/// Approvals by named roles given up front (`--approved-by ROLE=NAME`); any
+/// other request goes to `fallback` (a terminal, or [`NonInteractive`]).
+pub struct PresetApprovals {
+    /// Role to the name of the person who approved.
+    pub approvals: std::collections::BTreeMap<String, String>,
+    /// Asked for everything not given up front.
+    pub fallback: std::sync::Arc<dyn Approver>,
+}
+
+impl std::fmt::Debug for PresetApprovals {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PresetApprovals")
+            .field("approvals", &self.approvals)
+            .finish_non_exhaustive()
+    }
+}
+
+#[async_trait]
+impl Approver for PresetApprovals {
+    async fn approve(&self, request: &ApprovalRequest) -> Result<Approval, String> {
+        if let Some(name) = request.role.as_ref().and_then(|r| self.approvals.get(r)) {
+            return Ok(Approval {
+                approved_by: name.clone(),
+                method: "--approved-by".into(),
+            });
+        }
+        self.fallback.approve(request).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn request(role: Option<&str>) -> ApprovalRequest {
+        ApprovalRequest {
+            step: "swap".into(),
+            message: "swap databases".into(),
+            operator: "olga".into(),
+            role: role.map(str::to_string),
+        }
+    }
+
+    #[tokio::test]
+    async fn yes_approves_confirmations_but_never_stands_in_for_a_role() {
+        let yes = NonInteractive { assume_yes: true };
+        assert_eq!(
+            yes.approve(&request(None)).await.unwrap().approved_by,
+            "olga"
+        );
+        let err = yes
+            .approve(&request(Some("engineering-manager")))
+            .await
+            .unwrap_err();
+        assert!(
+            err.contains("--approved-by 'engineering-manager=NAME'"),
+            "{err}"
+        );
+    }
+
+    #[tokio::test]
+    async fn preset_approvals_answer_their_roles_only() {
+        let preset = PresetApprovals {
+            approvals: [("cto".to_string(), "amara".to_string())].into(),
+            fallback: std::sync::Arc::new(NonInteractive { assume_yes: false }),
+        };
+        let ok = preset.approve(&request(Some("cto"))).await.unwrap();
+        assert_eq!(
+            (ok.approved_by.as_str(), ok.method.as_str()),
+            ("amara", "--approved-by")
+        );
+        assert!(preset.approve(&request(Some("devops-lead"))).await.is_err());
+        assert!(preset.approve(&request(None)).await.is_err());
     }
 }

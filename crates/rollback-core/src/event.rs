@@ -262,6 +262,9 @@ pub enum Event {
         approved_by: String,
         /// How.
         method: String,
+        /// The role approved for (the plan's `approvals:`), if any.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        role: Option<String>,
     },
     /// A notifier could not deliver an event (the run goes on).
     NotificationFailed {

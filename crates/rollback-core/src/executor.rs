@@ -172,6 +172,9 @@ struct Bus {
     observer: Option<EventObserver>,
     notifiers: Mutex<Vec<(Vec<String>, mpsc::UnboundedSender<Event>)>>,
     records: Mutex<Vec<Record>>,
+    /// Roles that approved in this run; held while asking so that two
+    /// guarded steps ask a role once.
+    approved_roles: tokio::sync::Mutex<HashSet<String>>,
 }
 
 impl Bus {
@@ -212,7 +215,7 @@ impl Bus {
     }
 }
 
-/// Records approvals given to `confirm` steps.
+/// Records approvals (confirmations and roles' approvals) in the journal.
 struct RecordingApprover {
     inner: Arc<dyn Approver>,
     bus: Arc<Bus>,
@@ -226,6 +229,7 @@ impl Approver for RecordingApprover {
             step: request.step.clone(),
             approved_by: approval.approved_by.clone(),
             method: approval.method.clone(),
+            role: request.role.clone(),
         });
         Ok(approval)
     }
@@ -396,6 +400,7 @@ impl Executor {
             resolver: resolver.clone(),
             observer: options.observer.clone(),
             notifiers: Mutex::new(Vec::new()),
+            approved_roles: tokio::sync::Mutex::new(HashSet::new()),
             records: Mutex::new(
                 resume
                     .as_ref()
@@ -739,11 +744,12 @@ async fn run_steps(
         while stop_reason.is_none() && running.len() < plan.concurrency {
             let Some(i) = ready.pop_front() else { break };
             let step = plan.steps[i].clone();
+            let roles = plan.roles_before(&step.id);
             let mut ctx = base_ctx.clone();
             ctx.step_id = step.id.clone();
             let bus = bus.clone();
-            let handle =
-                running.spawn(async move { (i, execute_step(step, ctx, bus, deadline).await) });
+            let handle = running
+                .spawn(async move { (i, execute_step(step, roles, ctx, bus, deadline).await) });
             running_ids.insert(handle.id(), (i, Instant::now()));
         }
         if running.is_empty() {
@@ -870,13 +876,63 @@ fn skip_dependents(
 
 /// Runs one step: durable start record, attempts with timeout and retries,
 /// durable end record.
+/// Asks each role in `roles` that has not approved yet in this run.
+async fn obtain_approvals(
+    step: &PlanStep,
+    roles: &[String],
+    ctx: &StepContext,
+    bus: &Bus,
+) -> std::result::Result<(), String> {
+    let mut approved = bus.approved_roles.lock().await;
+    for role in roles {
+        if approved.contains(role) {
+            continue;
+        }
+        bus.queue(Event::StepProgress {
+            step: step.id.clone(),
+            message: format!("waiting for approval by {role}"),
+        });
+        let request = ApprovalRequest {
+            step: step.id.clone(),
+            message: format!(
+                "Approval by {role} is required before step `{}`: {}",
+                step.id,
+                step.step.describe()
+            ),
+            operator: ctx.operator.clone(),
+            role: Some(role.clone()),
+        };
+        ctx.approver.approve(&request).await?;
+        approved.insert(role.clone());
+    }
+    Ok(())
+}
+
 async fn execute_step(
     step: PlanStep,
+    roles: Vec<String>,
     mut ctx: StepContext,
     bus: Arc<Bus>,
     deadline: Option<Instant>,
 ) -> Result<StepRun> {
     let start = Instant::now();
+    if !roles.is_empty() {
+        if let Err(refusal) = obtain_approvals(&step, &roles, &ctx, &bus).await {
+            bus.emit(Event::StepFinished {
+                step: step.id.clone(),
+                outcome: Outcome::Failed,
+                attempts: 0,
+                duration_ms: millis(start.elapsed()),
+                outputs: Outputs::new(),
+                error: Some(format!("not approved: {refusal}")),
+                redacted: false,
+            })
+            .await?;
+            return Ok(StepRun {
+                outcome: Outcome::Failed,
+            });
+        }
+    }
     let policy = ExponentialBackoff::new(step.retries, step.backoff);
     let mut attempt = 1;
     let (outcome, outputs, error) = loop {

@@ -17,7 +17,7 @@ pub mod template;
 pub mod testing;
 pub mod yaml;
 
-pub use approval::{Approval, ApprovalRequest, Approver, NonInteractive};
+pub use approval::{Approval, ApprovalRequest, Approver, NonInteractive, PresetApprovals};
 pub use duration::HumanDuration;
 pub use error::{Diagnostic, Error, LockHolder, Result};
 pub use event::{CheckPhase, Event, Outcome, RunInfo, RunStatus};
@@ -25,9 +25,11 @@ pub use executor::{Executor, PreviewReport, RunOptions, StepPreview};
 pub use journal::{
     FileJournal, JournalStore, PlanLockGuard, PlanLocker, Record, RunJournal, RunSummary, StoredRun,
 };
-pub use plan::{BudgetPolicy, FailurePolicy, Plan, PlanCheck, PlanNotifier, PlanSource, PlanStep};
+pub use plan::{
+    BudgetPolicy, FailurePolicy, Plan, PlanApproval, PlanCheck, PlanNotifier, PlanSource, PlanStep,
+};
 pub use registry::{ConfigError, Registry};
-pub use report::{CheckReport, RunReport, StepReport};
+pub use report::{ApprovalRecord, CheckReport, RunReport, StepReport};
 pub use step::{
     Measurement, Notifier, OutputNames, Outputs, Preview, Step, StepContext, StepError, Verifier,
 };

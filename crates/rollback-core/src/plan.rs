@@ -191,6 +191,17 @@ pub struct PlanNotifier {
     pub notifier: Arc<dyn Notifier>,
 }
 
+/// Named authority a plan requires before some of its steps (seed 003's
+/// escalation chain): the run stops before those steps until someone in the
+/// role approves, at the terminal or with `--approved-by ROLE=NAME`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PlanApproval {
+    /// The role, e.g. `engineering-manager`.
+    pub role: String,
+    /// Steps that may not start before this role approved.
+    pub before: Vec<String>,
+}
+
 /// A validated plan, ready to run.
 #[derive(Debug, Clone)]
 pub struct Plan {
@@ -216,6 +227,8 @@ pub struct Plan {
     pub preflight: Vec<PlanCheck>,
     /// Who hears about the run.
     pub notify: Vec<PlanNotifier>,
+    /// Roles that must approve before named steps.
+    pub approvals: Vec<PlanApproval>,
     /// Text and digest.
     pub source: PlanSource,
 }
@@ -247,7 +260,17 @@ impl Plan {
             verify: Vec::new(),
             preflight: Vec::new(),
             notify: Vec::new(),
+            approvals: Vec::new(),
         }
+    }
+
+    /// Roles that must approve before `step` starts.
+    pub fn roles_before(&self, step: &str) -> Vec<String> {
+        self.approvals
+            .iter()
+            .filter(|a| a.before.iter().any(|s| s == step))
+            .map(|a| a.role.clone())
+            .collect()
     }
 
     /// Checks a plan built in code: unique ids, known `after:` targets, no
@@ -472,6 +495,7 @@ const PLAN_FIELDS: &[&str] = &[
     "verify",
     "preflight",
     "notify",
+    "approvals",
 ];
 const STEP_FIELDS: &[&str] = &["id", "kind", "after", "timeout", "retries", "backoff"];
 const CHECK_FIELDS: &[&str] = &["name", "kind", "timeout", "within", "interval"];
@@ -726,6 +750,7 @@ impl Loader<'_> {
         let verify = self.checks(root.get("verify"), "verify", &vars, Some(&step_ids));
         let preflight = self.checks(root.get("preflight"), "preflight", &vars, None);
         let notify = self.notifiers(root.get("notify"), &vars, &step_ids);
+        let approvals = self.approvals(root.get("approvals"), &step_ids);
 
         Some(Plan {
             name,
@@ -739,6 +764,7 @@ impl Loader<'_> {
             verify,
             preflight,
             notify,
+            approvals,
             source: PlanSource {
                 path: None,
                 text: text.to_string(),
@@ -1230,6 +1256,63 @@ impl Loader<'_> {
             });
         }
         checks
+    }
+
+    fn approvals(&mut self, node: Option<&Node>, step_ids: &[String]) -> Vec<PlanApproval> {
+        let Some(node) = node else { return Vec::new() };
+        let Some(items) = self.list(node, &[key("approvals")]) else {
+            return Vec::new();
+        };
+        let mut out = Vec::new();
+        for (i, item) in items.iter().enumerate() {
+            let path = vec![key("approvals"), PathSeg::Index(i)];
+            self.check_keys(item, &path, &["role", "before"]);
+            let role = match item.get("role") {
+                Some(n) => self.string(n, &join(&path, &[key("role")])),
+                None => {
+                    self.report(
+                        &path,
+                        "approval has no `role`",
+                        Some("e.g. `role: engineering-manager`".into()),
+                    );
+                    None
+                }
+            };
+            let mut before = Vec::new();
+            match item.get("before") {
+                None => self.report(
+                    &path,
+                    "approval has no `before`",
+                    Some("list the step ids it guards".into()),
+                ),
+                Some(n) => {
+                    let p = join(&path, &[key("before")]);
+                    let list: Vec<&Node> = match &n.value {
+                        Value::Seq(items) => items.iter().collect(),
+                        _ => vec![n],
+                    };
+                    for (j, entry) in list.into_iter().enumerate() {
+                        let ep = if matches!(n.value, Value::Seq(_)) {
+                            join(&p, &[PathSeg::Index(j)])
+                        } else {
+                            p.clone()
+                        };
+                        if let Some(id) = self.string(entry, &ep) {
+                            if step_ids.contains(&id) || self.declared_steps.contains(&id) {
+                                before.push(id);
+                            } else {
+                                let hint = did_you_mean(&id, step_ids.iter().map(String::as_str));
+                                self.report(&ep, format!("no step with id `{id}`"), hint);
+                            }
+                        }
+                    }
+                }
+            }
+            if let Some(role) = role.filter(|r| !r.trim().is_empty()) {
+                out.push(PlanApproval { role, before });
+            }
+        }
+        out
     }
 
     fn notifiers(

@@ -61,6 +61,20 @@ pub struct CheckReport {
     pub duration_ms: u64,
 }
 
+/// A confirmation or a role's approval, as journaled.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct ApprovalRecord {
+    /// The step it was given for.
+    pub step: String,
+    /// Who approved.
+    pub approved_by: String,
+    /// How (`interactive`, `--yes`, `--approved-by`).
+    pub method: String,
+    /// The role, for the plan's `approvals:`; none for a `confirm` step.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub role: Option<String>,
+}
+
 /// Everything about one run.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct RunReport {
@@ -81,7 +95,7 @@ pub struct RunReport {
     /// Checks, in the order they finished.
     pub checks: Vec<CheckReport>,
     /// Confirmations given.
-    pub approvals: Vec<(String, String, String)>,
+    pub approvals: Vec<ApprovalRecord>,
     /// Notifications that could not be delivered (the run was not affected).
     pub notification_failures: Vec<String>,
     /// Times it was resumed (operator, at).
@@ -226,9 +240,13 @@ impl RunReport {
                     step,
                     approved_by,
                     method,
-                } => report
-                    .approvals
-                    .push((step.clone(), approved_by.clone(), method.clone())),
+                    role,
+                } => report.approvals.push(ApprovalRecord {
+                    step: step.clone(),
+                    approved_by: approved_by.clone(),
+                    method: method.clone(),
+                    role: role.clone(),
+                }),
                 Event::NotificationFailed {
                     notifier,
                     about,

@@ -756,3 +756,99 @@ fn plans_built_in_code_are_checked_for_cycles() {
     );
     let _ = BTreeMap::<String, String>::new();
 }
+
+#[derive(Debug, Default)]
+struct CountingApprover(Mutex<Vec<String>>);
+
+#[async_trait]
+impl rollback_core::Approver for CountingApprover {
+    async fn approve(
+        &self,
+        request: &rollback_core::ApprovalRequest,
+    ) -> Result<rollback_core::Approval, String> {
+        self.0.lock().unwrap().push(format!(
+            "{}:{}",
+            request.role.clone().unwrap_or_default(),
+            request.step
+        ));
+        Ok(rollback_core::Approval {
+            approved_by: "amara".into(),
+            method: "interactive".into(),
+        })
+    }
+}
+
+#[tokio::test]
+async fn guarded_steps_wait_for_their_role_and_each_role_is_asked_once() {
+    let fx = Fixture::new();
+    let mut p = plan(
+        "approvals",
+        vec![
+            fx.ok("backup"),
+            fx.ok("restore").after(["backup"]),
+            fx.ok("swap").after(["restore"]),
+        ],
+    );
+    p.approvals = vec![rollback_core::PlanApproval {
+        role: "engineering-manager".into(),
+        before: vec!["restore".into(), "swap".into()],
+    }];
+    let approver = Arc::new(CountingApprover::default());
+    let report = fx
+        .executor()
+        .run(&p, RunOptions::new("test").approver(approver.clone()))
+        .await
+        .unwrap();
+    assert_eq!(report.status, Some(RunStatus::Succeeded));
+    assert_eq!(
+        *approver.0.lock().unwrap(),
+        vec!["engineering-manager:restore".to_string()]
+    );
+    assert_eq!(report.approvals.len(), 1);
+    assert_eq!(
+        report.approvals[0].role.as_deref(),
+        Some("engineering-manager")
+    );
+    assert_eq!(report.approvals[0].approved_by, "amara");
+    assert!(journal_text(&fx, &report.run.run_id).contains("\"role\":\"engineering-manager\""));
+}
+
+#[tokio::test]
+async fn without_the_role_s_approval_the_guarded_step_does_not_run() {
+    let fx = Fixture::new();
+    let mut p = plan(
+        "unapproved",
+        vec![fx.ok("backup"), fx.ok("restore").after(["backup"])],
+    );
+    p.approvals = vec![rollback_core::PlanApproval {
+        role: "cto".into(),
+        before: vec!["restore".into()],
+    }];
+    // `--yes` approves confirmations, never a named role.
+    let options = RunOptions::new("test")
+        .approver(Arc::new(rollback_core::NonInteractive { assume_yes: true }));
+    let report = fx.executor().run(&p, options).await.unwrap();
+    assert_eq!(report.status, Some(RunStatus::StepFailed));
+    assert_eq!(
+        fx.log(),
+        ["run backup"],
+        "the unguarded step ran, the guarded one did not"
+    );
+    let err = report.steps[1].error.as_deref().unwrap();
+    assert!(
+        err.contains("not approved") && err.contains("--approved-by 'cto=NAME'"),
+        "{err}"
+    );
+    // Given up front, the approval is recorded with its method.
+    let preset = rollback_core::PresetApprovals {
+        approvals: [("cto".to_string(), "amara".to_string())].into(),
+        fallback: Arc::new(rollback_core::NonInteractive { assume_yes: false }),
+    };
+    let report = fx
+        .executor()
+        .run(&p, RunOptions::new("test").approver(Arc::new(preset)))
+        .await
+        .unwrap();
+    assert_eq!(report.status, Some(RunStatus::Succeeded));
+    assert_eq!(report.approvals[0].method, "--approved-by");
+}

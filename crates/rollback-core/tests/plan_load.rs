@@ -169,3 +169,16 @@ fn the_rendered_error_is_file_line_column() {
     );
     assert!(err.contains("hint: did you mean `exec`?"));
 }
+
+#[test]
+fn approvals_name_existing_steps() {
+    let ok = load("name: p\napprovals:\n  - role: engineering-manager\n    before: [b]\nsteps:\n  - id: a\n    kind: wait\n    duration: 1s\n  - id: b\n    kind: wait\n    duration: 1s\n").unwrap();
+    assert_eq!(
+        ok.roles_before("b"),
+        vec!["engineering-manager".to_string()]
+    );
+    assert!(ok.roles_before("a").is_empty());
+    let d = one("name: p\napprovals:\n  - role: cto\n    before: [bb]\nsteps:\n  - id: b\n    kind: wait\n    duration: 1s\n");
+    assert_eq!((d.line, d.field.as_str()), (4, "approvals[0].before[0]"));
+    assert_eq!(d.hint.as_deref(), Some("did you mean `b`?"));
+}

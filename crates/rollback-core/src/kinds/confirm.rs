@@ -62,6 +62,7 @@ impl Step for Confirm {
             step: ctx.step_id().to_string(),
             message,
             operator: ctx.operator().to_string(),
+            role: None,
         };
         let approval = ctx
             .approver()
