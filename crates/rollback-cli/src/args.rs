@@ -143,6 +143,56 @@ pub enum Command {
         run: RunArgs,
     },
 
+    /// The pre-deployment gate: is there a proven rollback for this plan?
+    ///
+    /// Checks, with evidence: the plan validates; every step's dry run succeeds
+    /// (so its rollback target — previous revision, image, version, backup —
+    /// exists where the kind can see it); the plan's `preflight:` checks pass
+    /// (e.g. a `file` check that a backup is recent, an `exec` check running
+    /// `pg_restore --list` on it); notifiers are reachable; and a drill of this
+    /// exact plan passed (or, with --drill-max-age, of any version within that
+    /// age). Exits 0 when every item passes, 6 otherwise: put it in the deploy
+    /// pipeline before the deploy step.
+    Preflight {
+        /// The plan.
+        #[command(flatten)]
+        plan: PlanArgs,
+        /// Accept a passing drill of an earlier version of the plan if it is
+        /// at most this old (e.g. 31d); by default only this plan text counts.
+        #[arg(long, value_name = "AGE")]
+        drill_max_age: Option<humantime::Duration>,
+        /// Do not require a drill (e.g. for the very first deployment).
+        #[arg(long)]
+        no_drill: bool,
+    },
+
+    /// Watch the plan's `triggers:` and run the plan when one holds.
+    ///
+    /// Each trigger is a check (e.g. a `prometheus` query with `at_most: 0.05`)
+    /// with a `for:` duration. When a check has failed without interruption for
+    /// its duration, the plan runs once, under the plan lock, with the reason
+    /// `trigger: RULE = VALUE`; then the watch cools down (`watch.cooldown`).
+    /// State is kept in the state directory, so `--once` from cron accumulates
+    /// `for:` across invocations.
+    Watch {
+        /// The plan.
+        #[command(flatten)]
+        plan: PlanArgs,
+        /// Evaluate once, run the plan if due, and exit (for cron).
+        #[arg(long)]
+        once: bool,
+        /// Operator and approvals for the runs it starts.
+        #[command(flatten)]
+        run: RunArgs,
+    },
+
+    /// List past drills per plan: when, time used against the budget, pass or fail.
+    Drills {
+        /// Only drills of this plan.
+        #[arg(long)]
+        plan: Option<String>,
+    },
+
     /// List past runs, newest first.
     History {
         /// Only runs of this plan.

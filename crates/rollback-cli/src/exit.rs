@@ -36,8 +36,14 @@ Exit codes:
 
 /// The exit code for a finished run.
 pub fn for_report(report: &RunReport) -> i32 {
-    match report.status {
-        Some(RunStatus::Succeeded) if report.budget_exceeded => BUDGET_EXCEEDED,
+    for_status(report.status, report.budget_exceeded)
+}
+
+/// The exit code for a run's status; `budget_exceeded` turns a success that
+/// came too late into [`BUDGET_EXCEEDED`].
+pub fn for_status(status: Option<RunStatus>, budget_exceeded: bool) -> i32 {
+    match status {
+        Some(RunStatus::Succeeded) if budget_exceeded => BUDGET_EXCEEDED,
         Some(RunStatus::Succeeded) => SUCCESS,
         Some(RunStatus::StepFailed) => STEP_FAILED,
         Some(RunStatus::VerificationFailed) => VERIFICATION_FAILED,

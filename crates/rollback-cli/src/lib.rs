@@ -85,6 +85,13 @@ async fn dispatch(cli: Cli) -> i32 {
         }
         Command::Resume { run_id, run } => resume(&state_dir, &run_id, &run, format).await,
         Command::History { plan, limit } => history(&state_dir, plan.as_deref(), limit).await,
+        Command::Preflight {
+            plan,
+            drill_max_age,
+            no_drill,
+        } => preflight(&state_dir, &plan, drill_max_age.map(Into::into), no_drill).await,
+        Command::Drills { plan } => drills(&state_dir, plan.as_deref()).await,
+        Command::Watch { plan, once, run } => watch(&state_dir, &plan, once, &run, format).await,
         Command::Show { run_id } => show(&state_dir, &run_id).await,
         Command::Schema => Ok(Outcome {
             json: rollback_core::schema::plan_schema(&registry()),
@@ -361,19 +368,25 @@ async fn finish_run(
     let mut json = to_json(&report);
     let mut code = exit::for_report(&report);
     if drill {
-        let (md, js) = write_drill_report(state_dir, &report)?;
+        let dir = state_dir.join("runs").join(&report.run.run_id);
+        let files = report
+            .write_drill_files(&dir)
+            .map_err(|source| Error::Journal {
+                path: dir.clone(),
+                source,
+            })?;
         let verdict = if report.drill_passed() {
             Style::stdout().ok("PASS")
         } else {
             Style::stdout().bad("FAIL")
         };
         text.push_str(&format!(
-            "\nDrill {verdict}. Report: {}\n                {}\n",
-            md.display(),
-            js.display()
+            "\nDrill {verdict}. Reports: {}\n                 {}\n                 {}\n",
+            files.html.display(),
+            files.markdown.display(),
+            files.json.display()
         ));
-        json = serde_json::json!({ "report": json, "drill_passed": report.drill_passed(),
-            "markdown": md.display().to_string(), "json": js.display().to_string() });
+        json = serde_json::json!({ "report": json, "drill_passed": report.drill_passed(), "files": files });
         if code == exit::SUCCESS && !report.drill_passed() {
             code = exit::BUDGET_EXCEEDED;
         }
@@ -387,28 +400,6 @@ async fn finish_run(
         ));
     }
     Ok(Outcome { json, text, code })
-}
-
-/// Writes `drill.md` and `drill.json` beside the run's journal.
-fn write_drill_report(
-    state_dir: &Path,
-    report: &RunReport,
-) -> rollback_core::Result<(PathBuf, PathBuf)> {
-    let dir = state_dir.join("runs").join(&report.run.run_id);
-    let md = dir.join("drill.md");
-    let js = dir.join("drill.json");
-    let doc = serde_json::json!({
-        "passed": report.drill_passed(),
-        "budget_used_percent": report.budget_used_percent(),
-        "report": report,
-    });
-    std::fs::write(&md, report.to_markdown())
-        .and_then(|_| std::fs::write(&js, serde_json::to_vec_pretty(&doc).unwrap_or_default()))
-        .map_err(|source| Error::Journal {
-            path: dir.clone(),
-            source,
-        })?;
-    Ok((md, js))
 }
 
 async fn resolve_run_id(
@@ -541,4 +532,261 @@ fn kinds() -> Outcome {
         text,
         code: exit::SUCCESS,
     }
+}
+
+async fn preflight(
+    state_dir: &Path,
+    args: &PlanArgs,
+    drill_max_age: Option<Duration>,
+    no_drill: bool,
+) -> rollback_core::Result<Outcome> {
+    let plan = load(args)?;
+    let store = FileJournal::new(state_dir);
+    let options = rollback_core::preflight::PreflightOptions {
+        skip_drill: no_drill,
+        drill_max_age,
+    };
+    let report = rollback_core::preflight::preflight(&plan, &store, &options).await;
+    let s = Style::stdout();
+    let mut text = format!(
+        "Preflight of plan {} ({})\n",
+        s.bold(&plan.name),
+        plan.source.digest
+    );
+    for item in &report.items {
+        let mark = match item.status {
+            rollback_core::preflight::ItemStatus::Pass => s.ok("✓"),
+            rollback_core::preflight::ItemStatus::Fail => s.bad("✗"),
+            rollback_core::preflight::ItemStatus::Unchecked => s.warn("?"),
+        };
+        text.push_str(&format!(
+            "  {mark} {}\n      {}\n",
+            item.name, item.evidence
+        ));
+    }
+    text.push_str(&if report.passed {
+        format!(
+            "{}: a proven rollback exists; the deployment may go ahead.\n",
+            s.ok("PASS")
+        )
+    } else {
+        format!(
+            "{}: no deployment without a proven rollback.\n",
+            s.bad("FAIL")
+        )
+    });
+    Ok(Outcome {
+        json: to_json(&report),
+        text,
+        code: if report.passed {
+            exit::SUCCESS
+        } else {
+            exit::PREFLIGHT_FAILED
+        },
+    })
+}
+
+/// One drill in `rollback drills`.
+#[derive(Serialize)]
+struct DrillLine {
+    run_id: String,
+    plan: String,
+    started_at: String,
+    operator: String,
+    passed: bool,
+    status: Option<rollback_core::RunStatus>,
+    duration_ms: Option<u64>,
+    budget_ms: Option<u64>,
+    digest: String,
+}
+
+async fn drills(state_dir: &Path, plan: Option<&str>) -> rollback_core::Result<Outcome> {
+    let store = FileJournal::new(state_dir);
+    let mut lines = Vec::new();
+    for run in store
+        .list()
+        .await?
+        .into_iter()
+        .filter(|r| r.drill && plan.is_none_or(|p| r.plan == p))
+    {
+        let Ok(stored) = store.read(&run.run_id).await else {
+            continue;
+        };
+        let Some(report) = RunReport::from_stored(&stored) else {
+            continue;
+        };
+        lines.push(DrillLine {
+            passed: report.drill_passed(),
+            status: report.status,
+            duration_ms: if report.resumed.is_empty() {
+                report.duration_ms
+            } else {
+                report.elapsed_ms
+            },
+            budget_ms: report.budget_ms,
+            run_id: run.run_id,
+            plan: run.plan,
+            started_at: run.started_at,
+            operator: run.operator,
+            digest: run.digest,
+        });
+    }
+    let s = Style::stdout();
+    let mut text = String::new();
+    if lines.is_empty() {
+        text.push_str("No drills yet: rehearse a plan with `rollback drill PLAN`.\n");
+    }
+    let mut plans: Vec<&str> = lines.iter().map(|l| l.plan.as_str()).collect();
+    plans.sort();
+    plans.dedup();
+    for p in plans {
+        text.push_str(&format!("{}\n", s.bold(p)));
+        for l in lines.iter().filter(|l| l.plan == p) {
+            let used = l
+                .duration_ms
+                .map(rollback_core::report::fmt_ms)
+                .unwrap_or_else(|| "-".into());
+            let budget = l
+                .budget_ms
+                .map(|b| format!(" of {}", rollback_core::report::fmt_ms(b)))
+                .unwrap_or_default();
+            text.push_str(&format!(
+                "  {}  {}  {:>8}{budget:<12}  {}  {}\n",
+                &l.started_at[..19.min(l.started_at.len())],
+                l.run_id,
+                used,
+                if l.passed {
+                    s.ok("PASS")
+                } else {
+                    s.bad("FAIL")
+                },
+                l.operator
+            ));
+        }
+    }
+    Ok(Outcome {
+        json: to_json(&lines),
+        text,
+        code: exit::SUCCESS,
+    })
+}
+
+fn render_tick(tick: &rollback_core::watch::Tick) -> String {
+    use rollback_core::watch::RuleCondition;
+    let s = Style::stderr();
+    let mut out = String::new();
+    for r in &tick.rules {
+        let state = match r.condition {
+            RuleCondition::Ok => s.ok("ok"),
+            RuleCondition::Violating => {
+                let held = r
+                    .violating_for_ms
+                    .map(rollback_core::report::fmt_ms)
+                    .unwrap_or_default();
+                s.bad(&format!(
+                    "violated for {held} of {}",
+                    rollback_core::report::fmt_ms(r.hold_for_ms)
+                ))
+            }
+            RuleCondition::Unknown => s.warn("unknown"),
+        };
+        out.push_str(&format!(
+            "  {:<20} {state}: {} (healthy: {})\n",
+            r.name, r.observed, r.expected
+        ));
+    }
+    if let Some(until) = &tick.cooling_down_until {
+        out.push_str(&format!("  cooling down until {until}\n"));
+    }
+    if let Some(f) = &tick.fired {
+        match (&f.run_id, &f.locked_by) {
+            (Some(run), _) => out.push_str(&format!(
+                "  {} {} → ran the plan: run {run}, {}\n",
+                s.bad("FIRED"),
+                f.reason,
+                f.status.map(|st| st.as_str()).unwrap_or("unfinished")
+            )),
+            (None, Some(holder)) => out.push_str(&format!(
+                "  {} {} but the plan is being run by {holder}\n",
+                s.warn("DUE"),
+                f.reason
+            )),
+            _ => {}
+        }
+    }
+    out
+}
+
+async fn watch(
+    state_dir: &Path,
+    args: &PlanArgs,
+    once: bool,
+    run: &RunArgs,
+    format: OutputFormat,
+) -> rollback_core::Result<Outcome> {
+    let plan = load(args)?;
+    if plan.triggers.is_empty() {
+        return Err(Error::InvalidInput {
+            message: format!("plan {} has no `triggers:` to watch; add e.g. a `prometheus` check with `for: 10m`", plan.name),
+        });
+    }
+    let executor = Executor::new(Arc::new(FileJournal::new(state_dir)));
+    let mut watcher = rollback_core::watch::Watcher::open(state_dir, &plan)?;
+    let stop = CancellationToken::new();
+    if !once {
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            if tokio::signal::ctrl_c().await.is_ok() {
+                stop.cancel();
+            }
+        });
+        eprintln!(
+            "watching {} trigger(s) of plan {} every {} (Ctrl-C to stop)",
+            plan.triggers.len(),
+            plan.name,
+            humantime::format_duration(plan.watch.interval)
+        );
+    }
+    let mut ticks = Vec::new();
+    loop {
+        let progress = Progress::new(plan.budget);
+        let options_source = |reason: String| {
+            run_options(run, reason, &progress)
+                .unwrap_or_else(|_| rollback_core::RunOptions::new("trigger"))
+        };
+        let tick = watcher.tick(&plan, &executor, options_source).await?;
+        progress.finish();
+        if format == OutputFormat::Human || !once {
+            eprint!(
+                "[{}]\n{}",
+                &tick.at[..19.min(tick.at.len())],
+                render_tick(&tick)
+            );
+        }
+        let fired = tick.fired.is_some();
+        ticks.push(tick);
+        if once {
+            break;
+        }
+        if fired {
+            executor.flush_notifications(Duration::from_secs(30)).await;
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(rollback_core::watch::next_interval(&plan)) => {}
+            _ = stop.cancelled() => break,
+        }
+        // A long-running watch keeps only the latest evaluation for its report.
+        ticks.drain(..ticks.len().saturating_sub(1));
+    }
+    let last = ticks.pop().expect("at least one evaluation");
+    let code = match &last.fired {
+        Some(f) if f.locked_by.is_some() => exit::LOCKED,
+        Some(f) => exit::for_status(f.status, false),
+        None => exit::SUCCESS,
+    };
+    Ok(Outcome {
+        json: to_json(&last),
+        text: String::new(),
+        code,
+    })
 }

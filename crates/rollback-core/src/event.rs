@@ -311,11 +311,30 @@ impl Event {
     /// The names a plan's `notify[].events` may list.
     pub const NOTIFIABLE: &'static [&'static str] = &[
         "run_started",
+        "step_finished",
         "step_failed",
+        "check_finished",
         "verification_failed",
         "budget_exceeded",
         "run_finished",
     ];
+
+    /// Every notification class this event belongs to: a failed step is both
+    /// `step_finished` and `step_failed`, so a notifier that follows progress
+    /// and one that wants only failures each get it once.
+    pub fn notification_classes(&self) -> Vec<&'static str> {
+        match self {
+            Event::StepFinished { outcome, .. } if *outcome != Outcome::Succeeded => {
+                vec!["step_finished", "step_failed"]
+            }
+            Event::StepFinished { .. } => vec!["step_finished"],
+            Event::CheckFinished { passed: false, .. } => {
+                vec!["check_finished", "verification_failed"]
+            }
+            Event::CheckFinished { .. } => vec!["check_finished"],
+            other => other.notification_class().into_iter().collect(),
+        }
+    }
 
     /// The notification class of this event, if it is one notifiers may ask
     /// for: `step_failed` stands for a step that ended without success,

@@ -193,9 +193,10 @@ impl Bus {
         if let Some(observer) = &self.observer {
             observer(&record);
         }
-        if let Some(class) = record.event.notification_class() {
+        let classes = record.event.notification_classes();
+        if !classes.is_empty() {
             for (wanted, tx) in self.notifiers.lock().expect("notifier list").iter() {
-                if wanted.iter().any(|w| w == class) {
+                if wanted.iter().any(|w| classes.contains(&w.as_str())) {
                     let _ = tx.send(record.event.clone());
                 }
             }
@@ -598,7 +599,10 @@ impl Executor {
                         if attempt > n.retries {
                             bus.queue(Event::NotificationFailed {
                                 notifier: n.notifier.describe(),
-                                about: event.name().to_string(),
+                                about: event
+                                    .notification_class()
+                                    .unwrap_or(event.name())
+                                    .to_string(),
                                 error,
                             });
                             break;

@@ -8,6 +8,7 @@ pub mod executor;
 pub mod journal;
 pub mod kinds;
 pub mod plan;
+pub mod preflight;
 pub mod registry;
 pub mod report;
 pub mod retry;
@@ -15,6 +16,7 @@ pub mod schema;
 pub mod step;
 pub mod template;
 pub mod testing;
+pub mod watch;
 pub mod yaml;
 
 pub use approval::{Approval, ApprovalRequest, Approver, NonInteractive, PresetApprovals};

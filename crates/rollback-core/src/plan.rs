@@ -202,6 +202,35 @@ pub struct PlanApproval {
     pub before: Vec<String>,
 }
 
+/// A trigger rule (`triggers:`): a check that, once it has failed
+/// continuously for `hold_for`, starts the plan (`rollback watch`).
+#[derive(Debug, Clone)]
+pub struct PlanTrigger {
+    /// The check; a failed measurement is a violation, an error (no data,
+    /// unreachable) is unknown and never triggers.
+    pub check: PlanCheck,
+    /// How long the violation must hold (`for:`).
+    pub hold_for: Duration,
+}
+
+/// How `rollback watch` evaluates the triggers (`watch:`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WatchSettings {
+    /// Time between evaluations (default 30s).
+    pub interval: Duration,
+    /// After the plan ran, no trigger fires again for this long (default 30m).
+    pub cooldown: Duration,
+}
+
+impl Default for WatchSettings {
+    fn default() -> Self {
+        WatchSettings {
+            interval: Duration::from_secs(30),
+            cooldown: Duration::from_secs(30 * 60),
+        }
+    }
+}
+
 /// A validated plan, ready to run.
 #[derive(Debug, Clone)]
 pub struct Plan {
@@ -229,6 +258,10 @@ pub struct Plan {
     pub notify: Vec<PlanNotifier>,
     /// Roles that must approve before named steps.
     pub approvals: Vec<PlanApproval>,
+    /// Rules that start the plan by themselves (`rollback watch`).
+    pub triggers: Vec<PlanTrigger>,
+    /// How the triggers are evaluated.
+    pub watch: WatchSettings,
     /// Text and digest.
     pub source: PlanSource,
 }
@@ -261,6 +294,8 @@ impl Plan {
             preflight: Vec::new(),
             notify: Vec::new(),
             approvals: Vec::new(),
+            triggers: Vec::new(),
+            watch: WatchSettings::default(),
         }
     }
 
@@ -496,9 +531,12 @@ const PLAN_FIELDS: &[&str] = &[
     "preflight",
     "notify",
     "approvals",
+    "triggers",
+    "watch",
 ];
 const STEP_FIELDS: &[&str] = &["id", "kind", "after", "timeout", "retries", "backoff"];
 const CHECK_FIELDS: &[&str] = &["name", "kind", "timeout", "within", "interval"];
+const TRIGGER_FIELDS: &[&str] = &["name", "kind", "timeout", "within", "interval", "for"];
 const NOTIFY_FIELDS: &[&str] = &["kind", "events", "timeout", "retries"];
 
 struct Loader<'a> {
@@ -751,6 +789,8 @@ impl Loader<'_> {
         let preflight = self.checks(root.get("preflight"), "preflight", &vars, None);
         let notify = self.notifiers(root.get("notify"), &vars, &step_ids);
         let approvals = self.approvals(root.get("approvals"), &step_ids);
+        let triggers = self.triggers(root.get("triggers"), &vars);
+        let watch = self.watch_settings(root.get("watch"));
 
         Some(Plan {
             name,
@@ -765,6 +805,8 @@ impl Loader<'_> {
             preflight,
             notify,
             approvals,
+            triggers,
+            watch,
             source: PlanSource {
                 path: None,
                 text: text.to_string(),
@@ -1154,11 +1196,57 @@ impl Loader<'_> {
         vars: &BTreeMap<String, String>,
         step_ids: Option<&[String]>,
     ) -> Vec<PlanCheck> {
+        self.checks_with(node, section, vars, step_ids, CHECK_FIELDS)
+            .into_iter()
+            .map(|(c, _)| c)
+            .collect()
+    }
+
+    /// Triggers: checks with a `for:` duration they must fail for.
+    fn triggers(
+        &mut self,
+        node: Option<&Node>,
+        vars: &BTreeMap<String, String>,
+    ) -> Vec<PlanTrigger> {
+        let checks = self.checks_with(node, "triggers", vars, None, TRIGGER_FIELDS);
+        let mut out = Vec::new();
+        for (check, item) in checks {
+            let path = vec![key("triggers"), PathSeg::Index(item)];
+            let node = node.and_then(|n| match &n.value {
+                Value::Seq(items) => items.get(item),
+                _ => None,
+            });
+            let hold_for = match node.and_then(|n| n.get("for")) {
+                Some(n) => self
+                    .duration(n, &join(&path, &[key("for")]))
+                    .unwrap_or_default(),
+                None => {
+                    self.report(
+                        &path,
+                        "trigger has no `for`",
+                        Some("say how long the check must fail before the plan runs, e.g. `for: 10m`".into()),
+                    );
+                    Duration::ZERO
+                }
+            };
+            out.push(PlanTrigger { check, hold_for });
+        }
+        out
+    }
+
+    fn checks_with(
+        &mut self,
+        node: Option<&Node>,
+        section: &str,
+        vars: &BTreeMap<String, String>,
+        step_ids: Option<&[String]>,
+        common: &[&str],
+    ) -> Vec<(PlanCheck, usize)> {
         let Some(node) = node else { return Vec::new() };
         let Some(items) = self.list(node, &[key(section)]) else {
             return Vec::new();
         };
-        let mut checks: Vec<PlanCheck> = Vec::new();
+        let mut checks: Vec<(PlanCheck, usize)> = Vec::new();
         for (i, item) in items.iter().enumerate() {
             let path = vec![key(section), PathSeg::Index(i)];
             if !matches!(item.value, Value::Map(_)) {
@@ -1207,7 +1295,7 @@ impl Loader<'_> {
                 .and_then(|n| self.duration(n, &join(&path, &[key("interval")])))
                 .unwrap_or(DEFAULT_CHECK_INTERVAL);
             let verifier = match self.registry.verifiers.get(&kind) {
-                Some(entry) => self.build(entry, item, &path, CHECK_FIELDS),
+                Some(entry) => self.build(entry, item, &path, common),
                 None => {
                     let hint =
                         did_you_mean(&kind, self.registry.verifiers.keys().map(String::as_str))
@@ -1228,34 +1316,76 @@ impl Loader<'_> {
                 Some(ids) => RefScope::AfterSteps(ids),
                 None => RefScope::NoSteps,
             };
-            self.check_references(item, &path, CHECK_FIELDS, vars, scope);
+            self.check_references(item, &path, common, vars, scope);
             let Some(verifier) = verifier else { continue };
             let name = name.unwrap_or_else(|| {
                 let mut candidate = kind.clone();
                 let mut n = 2;
-                while checks.iter().any(|c| c.name == candidate) {
+                while checks.iter().any(|(c, _)| c.name == candidate) {
                     candidate = format!("{kind}-{n}");
                     n += 1;
                 }
                 candidate
             });
-            if checks.iter().any(|c| c.name == name) {
+            if checks.iter().any(|(c, _)| c.name == name) {
                 self.report(
                     &join(&path, &[key("name")]),
                     format!("check name `{name}` is used twice in `{section}`"),
                     None,
                 );
             }
-            checks.push(PlanCheck {
-                name,
-                kind,
-                timeout,
-                within,
-                interval,
-                verifier,
-            });
+            checks.push((
+                PlanCheck {
+                    name,
+                    kind,
+                    timeout,
+                    within,
+                    interval,
+                    verifier,
+                },
+                i,
+            ));
         }
         checks
+    }
+
+    fn watch_settings(&mut self, node: Option<&Node>) -> WatchSettings {
+        let mut settings = WatchSettings::default();
+        let Some(node) = node else { return settings };
+        let path = [key("watch")];
+        if !matches!(node.value, Value::Map(_)) {
+            self.report(
+                &path,
+                format!(
+                    "expected a mapping with `interval` and `cooldown`, found {}",
+                    node.type_name()
+                ),
+                None,
+            );
+            return settings;
+        }
+        self.check_keys(node, &path, &["interval", "cooldown"]);
+        if let Some(d) = node
+            .get("interval")
+            .and_then(|n| self.duration(n, &[key("watch"), key("interval")]))
+        {
+            if d.is_zero() {
+                self.report(
+                    &[key("watch"), key("interval")],
+                    "the interval must be longer than zero",
+                    None,
+                );
+            } else {
+                settings.interval = d;
+            }
+        }
+        if let Some(d) = node
+            .get("cooldown")
+            .and_then(|n| self.duration(n, &[key("watch"), key("cooldown")]))
+        {
+            settings.cooldown = d;
+        }
+        settings
     }
 
     fn approvals(&mut self, node: Option<&Node>, step_ids: &[String]) -> Vec<PlanApproval> {

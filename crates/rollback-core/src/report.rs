@@ -384,3 +384,184 @@ pub fn fmt_ms(ms: u64) -> String {
         format!("{}m {:02}s", ms / 60_000, (ms % 60_000) / 1000)
     }
 }
+
+/// Where a drill's reports were written.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct DrillFiles {
+    /// `drill.md`.
+    pub markdown: std::path::PathBuf,
+    /// `drill.json`: the verdict, the budget used and the whole report.
+    pub json: std::path::PathBuf,
+    /// `drill.html`: self-contained, with the SVG timeline.
+    pub html: std::path::PathBuf,
+}
+
+impl RunReport {
+    /// Writes the drill reports (Markdown, JSON, HTML) into `dir`, the run's
+    /// folder in the state directory.
+    pub fn write_drill_files(&self, dir: &std::path::Path) -> std::io::Result<DrillFiles> {
+        std::fs::create_dir_all(dir)?;
+        let files = DrillFiles {
+            markdown: dir.join("drill.md"),
+            json: dir.join("drill.json"),
+            html: dir.join("drill.html"),
+        };
+        let doc = serde_json::json!({
+            "passed": self.drill_passed(),
+            "budget_used_percent": self.budget_used_percent(),
+            "report": self,
+        });
+        std::fs::write(&files.markdown, self.to_markdown())?;
+        std::fs::write(
+            &files.json,
+            serde_json::to_vec_pretty(&doc).expect("reports serialize"),
+        )?;
+        std::fs::write(&files.html, self.to_html())?;
+        Ok(files)
+    }
+}
+
+fn html_escape(text: &str) -> String {
+    text.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('"', "&quot;")
+}
+
+/// Bar colour by outcome (also used by tests that look at a rendering).
+pub fn outcome_colour(outcome: Option<Outcome>) -> &'static str {
+    match outcome {
+        Some(Outcome::Succeeded) => "#2f9e44",
+        Some(Outcome::Failed) | Some(Outcome::TimedOut) => "#e03131",
+        Some(Outcome::Interrupted) => "#f08c00",
+        Some(Outcome::Skipped) | None => "#adb5bd",
+    }
+}
+
+impl RunReport {
+    /// The drill report as one self-contained HTML page (inline CSS and an
+    /// SVG timeline of the steps against the budget; no scripts, no fetches),
+    /// readable offline.
+    pub fn to_html(&self) -> String {
+        let passed = self.drill_passed();
+        let used = self.duration_ms.unwrap_or(0);
+        let scale = self.budget_ms.unwrap_or(used).max(used).max(1) as f64;
+        let (left, width, row, top) = (180.0, 640.0, 30.0, 30.0);
+        let height = top + row * self.steps.len() as f64 + 40.0;
+        let x = |ms: u64| left + width * (ms as f64 / scale);
+        let mut svg = format!(
+            r#"<svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{height}" viewBox="0 0 {w} {height}" role="img" aria-label="Timeline of the steps against the budget">"#,
+            w = left + width + 40.0
+        );
+        // Time axis: five ticks across the scale.
+        for i in 0..=4 {
+            let ms = (scale * i as f64 / 4.0) as u64;
+            let xi = x(ms);
+            svg.push_str(&format!(
+                r##"<line x1="{xi:.1}" y1="{top}" x2="{xi:.1}" y2="{y2}" stroke="#e9ecef"/><text x="{xi:.1}" y="{ty}" font-size="11" text-anchor="middle" fill="#495057">{label}</text>"##,
+                y2 = height - 30.0,
+                ty = height - 14.0,
+                label = fmt_ms(ms)
+            ));
+        }
+        for (i, s) in self.steps.iter().enumerate() {
+            let y = top + row * i as f64;
+            svg.push_str(&format!(
+                r##"<text x="{lx}" y="{ty:.1}" font-size="13" text-anchor="end" fill="#212529">{id}</text>"##,
+                lx = left - 10.0,
+                ty = y + row / 2.0 + 4.0,
+                id = html_escape(&s.id)
+            ));
+            if let (Some(start), Some(d)) = (s.start_ms, s.duration_ms) {
+                if !s.from_earlier_segment {
+                    let bx = x(start);
+                    let bw = (x(start + d) - bx).max(3.0);
+                    svg.push_str(&format!(
+                        r#"<rect class="bar" x="{bx:.1}" y="{by:.1}" width="{bw:.1}" height="{bh:.1}" rx="3" fill="{fill}"><title>{id}: {outcome}, {took}</title></rect>"#,
+                        by = y + 6.0,
+                        bh = row - 12.0,
+                        fill = outcome_colour(s.outcome),
+                        id = html_escape(&s.id),
+                        outcome = s.outcome.map(|o| o.as_str()).unwrap_or("not run"),
+                        took = fmt_ms(d)
+                    ));
+                }
+            }
+        }
+        if let Some(budget) = self.budget_ms {
+            let bx = x(budget);
+            svg.push_str(&format!(
+                r##"<line x1="{bx:.1}" y1="{y1}" x2="{bx:.1}" y2="{y2}" stroke="#c92a2a" stroke-width="2" stroke-dasharray="6 4"/><text x="{bx:.1}" y="{ty}" font-size="11" text-anchor="end" fill="#c92a2a">budget {b}</text>"##,
+                y1 = top - 12.0,
+                y2 = height - 30.0,
+                ty = top - 16.0,
+                b = fmt_ms(budget)
+            ));
+        }
+        svg.push_str("</svg>");
+
+        let mut steps = String::new();
+        for s in &self.steps {
+            steps.push_str(&format!(
+                "<tr><td>{}</td><td><code>{}</code></td><td>{}</td><td class=num>{}</td><td class=num>{}</td><td class=num>{}</td><td>{}</td></tr>",
+                html_escape(&s.id),
+                html_escape(&s.kind),
+                s.outcome.map(|o| o.as_str()).unwrap_or("not run"),
+                s.start_ms.map(fmt_ms).unwrap_or_else(|| "-".into()),
+                s.duration_ms.map(fmt_ms).unwrap_or_else(|| "-".into()),
+                s.attempts,
+                html_escape(s.error.as_deref().unwrap_or_default())
+            ));
+        }
+        let mut checks = String::new();
+        for c in &self.checks {
+            checks.push_str(&format!(
+                "<tr><td>{}</td><td>{}</td><td class={}>{}</td><td>{}</td><td>{}</td></tr>",
+                match c.phase {
+                    CheckPhase::Preflight => "preflight",
+                    CheckPhase::Verify => "verify",
+                },
+                html_escape(&c.name),
+                if c.passed { "pass" } else { "fail" },
+                if c.passed { "pass" } else { "FAIL" },
+                html_escape(&c.observed),
+                html_escape(&c.expected)
+            ));
+        }
+        let budget = match (self.budget_ms, self.budget_used_percent()) {
+            (Some(b), Some(p)) => format!("{} of {} budget ({p:.0}%)", fmt_ms(used), fmt_ms(b)),
+            _ => fmt_ms(used),
+        };
+        format!(
+            r#"<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>Rollback drill: {plan} — {verdict}</title>
+<style>
+body{{font:14px/1.45 system-ui,-apple-system,"Segoe UI",sans-serif;color:#212529;margin:2rem auto;max-width:960px;padding:0 1rem}}
+h1{{font-size:1.4rem}} .verdict{{padding:.1rem .5rem;border-radius:4px;color:#fff;background:{vcolour}}}
+table{{border-collapse:collapse;width:100%;margin:1rem 0}} th,td{{border-bottom:1px solid #dee2e6;padding:.3rem .5rem;text-align:left;vertical-align:top}}
+td.num{{text-align:right;font-variant-numeric:tabular-nums}} .pass{{color:#2b8a3e}} .fail{{color:#c92a2a;font-weight:600}}
+dl{{display:grid;grid-template-columns:max-content 1fr;gap:.2rem 1rem}} dt{{color:#495057}}
+</style></head><body>
+<h1>Rollback drill: {plan} <span class="verdict">{verdict}</span></h1>
+<dl><dt>Run</dt><dd><code>{run}</code></dd><dt>Started</dt><dd>{started}</dd><dt>Operator</dt><dd>{operator}</dd>
+<dt>Reason</dt><dd>{reason}</dd><dt>Status</dt><dd>{status}</dd><dt>Time</dt><dd>{budget}</dd><dt>Plan digest</dt><dd><code>{digest}</code></dd></dl>
+<h2>Timeline</h2>
+{svg}
+<h2>Steps</h2>
+<table><thead><tr><th>Step</th><th>Kind</th><th>Outcome</th><th>Start</th><th>Duration</th><th>Attempts</th><th>Error</th></tr></thead><tbody>{steps}</tbody></table>
+<h2>Checks</h2>
+<table><thead><tr><th>Phase</th><th>Check</th><th>Result</th><th>Observed</th><th>Expected</th></tr></thead><tbody>{checks}</tbody></table>
+</body></html>
+"#,
+            plan = html_escape(&self.run.plan),
+            verdict = if passed { "PASS" } else { "FAIL" },
+            vcolour = if passed { "#2b8a3e" } else { "#c92a2a" },
+            run = html_escape(&self.run.run_id),
+            started = html_escape(&self.run.started_at),
+            operator = html_escape(&self.run.operator),
+            reason = html_escape(&self.run.reason),
+            status = self.status.map(|s| s.as_str()).unwrap_or("unfinished"),
+            digest = html_escape(&self.run.digest),
+        )
+    }
+}

@@ -82,6 +82,13 @@ pub fn plan_schema(registry: &Registry) -> Value {
         "retries": { "type": "integer", "minimum": 0 },
     });
     let as_map = |v: Value| v.as_object().cloned().unwrap_or_default();
+    let mut trigger_common = as_map(check_common.clone());
+    trigger_common.insert("for".into(), json!({ "type": "string", "description": "How long the check must fail before the plan runs, e.g. 10m" }));
+    let triggers = kind_array(branches(
+        &registry.verifiers,
+        &trigger_common,
+        &["kind", "for"],
+    ));
     let checks = kind_array(branches(
         &registry.verifiers,
         &as_map(check_common),
@@ -104,6 +111,10 @@ pub fn plan_schema(registry: &Registry) -> Value {
             "steps": { "type": "array", "minItems": 1, "items": { "oneOf": branches(&registry.steps, &as_map(step_common), &["id", "kind"]) } },
             "verify": checks.clone(),
             "preflight": checks,
+            "approvals": { "type": "array", "items": { "type": "object", "additionalProperties": false, "required": ["role", "before"],
+                "properties": { "role": { "type": "string" }, "before": { "type": "array", "items": { "type": "string" } } } } },
+            "triggers": triggers,
+            "watch": { "type": "object", "additionalProperties": false, "properties": { "interval": duration(), "cooldown": duration() } },
             "notify": kind_array(branches(&registry.notifiers, &as_map(notify_common), &["kind"])),
         }
     })

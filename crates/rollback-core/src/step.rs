@@ -230,6 +230,13 @@ pub trait Notifier: Send + Sync + fmt::Debug + 'static {
         run: &RunInfo,
         event: &Event,
     ) -> Result<(), StepError>;
+
+    /// Checks, without sending a notification, that the destination can be
+    /// reached and the credentials are accepted (`rollback preflight`).
+    /// Returns evidence, or `None` when this kind has no way to check.
+    async fn probe(&self, _ctx: &StepContext) -> Result<Option<String>, StepError> {
+        Ok(None)
+    }
 }
 
 /// What a step, verifier or notifier sees while it works.
@@ -344,6 +351,24 @@ impl StepContext {
     /// use it for text a step shows by other means.
     pub fn redact(&self, text: &str) -> String {
         self.resolver.redact(text)
+    }
+
+    /// The plan's variables (after `--var` overrides).
+    pub fn vars(&self) -> &BTreeMap<String, String> {
+        self.resolver.vars()
+    }
+
+    /// Marks a value the step obtained (a token it logged in for, a secret it
+    /// read) as secret: from now on it is redacted from the journal, reports,
+    /// events and other steps' outputs, while later steps still receive it.
+    pub fn mark_secret(&self, value: &str) {
+        self.resolver.remember_secret(value);
+    }
+
+    /// The folder of the plan file, for paths in a step's configuration that
+    /// are relative to the plan (as `${file:...}` is).
+    pub fn plan_dir(&self) -> Option<&std::path::Path> {
+        self.resolver.base_dir()
     }
 
     /// Reports progress of a long step (shown live, journaled).

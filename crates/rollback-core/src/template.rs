@@ -238,7 +238,9 @@ impl Resolver {
             .cloned()
     }
 
-    fn remember_secret(&self, value: &str) {
+    /// Remembers a secret value so that it is redacted from everything
+    /// journaled, reported or shown.
+    pub fn remember_secret(&self, value: &str) {
         if value.len() >= MIN_REDACTED_LEN {
             let mut secrets = self.secrets.lock().expect("secrets lock");
             if !secrets.iter().any(|s| s == value) {
@@ -345,6 +347,11 @@ impl Resolver {
             .iter()
             .map(|(k, v)| (k.clone(), self.redact_value(v)))
             .collect()
+    }
+
+    /// The folder relative `${file:...}` paths are read from (the plan's).
+    pub fn base_dir(&self) -> Option<&std::path::Path> {
+        self.base_dir.as_deref()
     }
 
     /// The plan variables.

@@ -15,8 +15,10 @@
 
 pub mod confirm;
 pub mod exec;
+pub mod file;
 pub mod git;
 pub mod http;
+pub mod prometheus;
 pub mod tcp;
 pub mod wait;
 
@@ -67,6 +69,16 @@ pub fn register(registry: &mut Registry) {
             http::HttpCheck::new,
         )
         .verifier(
+            "prometheus",
+            "Run a Prometheus instant query and compare the value with at_most / at_least",
+            prometheus::PrometheusCheck::new,
+        )
+        .verifier(
+            "file",
+            "Pass when a file exists, is recent (max_age) and not smaller than min_size",
+            file::FileCheck::new,
+        )
+        .verifier(
             "tcp",
             "Pass when host:port accepts TCP connections",
             tcp::TcpCheck::new,
@@ -99,7 +111,7 @@ mod tests {
             .into_iter()
             .map(|(k, _)| k)
             .collect();
-        assert_eq!(verifiers, ["exec", "http", "tcp"]);
+        assert_eq!(verifiers, ["exec", "file", "http", "prometheus", "tcp"]);
     }
 
     #[test]
