@@ -319,6 +319,11 @@ impl Event {
         "run_finished",
     ];
 
+    /// The classes a notifier receives when the plan does not say: the
+    /// start, failures, the budget, the end.
+    pub const MILESTONES: &'static [&'static str] =
+        &["run_started", "step_failed", "verification_failed", "budget_exceeded", "run_finished"];
+
     /// Every notification class this event belongs to: a failed step is both
     /// `step_finished` and `step_failed`, so a notifier that follows progress
     /// and one that wants only failures each get it once.

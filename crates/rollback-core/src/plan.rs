@@ -1479,7 +1479,7 @@ impl Loader<'_> {
                 continue;
             };
             let events = match item.get("events") {
-                None => Event::NOTIFIABLE.iter().map(|s| s.to_string()).collect(),
+                None => Vec::new(),
                 Some(n) => {
                     let p = join(&path, &[key("events")]);
                     let list = self.list(n, &p).unwrap_or(&[]);
@@ -1541,6 +1541,11 @@ impl Loader<'_> {
                 RefScope::AfterSteps(step_ids),
             );
             if let Some(notifier) = notifier {
+                let events = if item.get("events").is_none() {
+                    notifier.default_events().iter().map(|s| s.to_string()).collect()
+                } else {
+                    events
+                };
                 out.push(PlanNotifier {
                     kind,
                     events,

@@ -231,6 +231,14 @@ pub trait Notifier: Send + Sync + fmt::Debug + 'static {
         event: &Event,
     ) -> Result<(), StepError>;
 
+    /// The event classes it receives when the plan's entry has no `events:`
+    /// (see [`Event::NOTIFIABLE`]). By default the milestones; a notifier that
+    /// shows progress (a chat message updated in place, a status page
+    /// incident) adds `step_finished`.
+    fn default_events(&self) -> &'static [&'static str] {
+        Event::MILESTONES
+    }
+
     /// Checks, without sending a notification, that the destination can be
     /// reached and the credentials are accepted (`rollback preflight`).
     /// Returns evidence, or `None` when this kind has no way to check.
