@@ -64,25 +64,11 @@ fn finish(
     }
 }
 
-/// Writes `drill.md` and `drill.json` beside the run's journal (as the CLI does).
-fn write_drill_report(
-    state_dir: &Path,
-    report: &rollback_core::RunReport,
-) -> rollback_core::Result<()> {
+/// Writes the drill reports (Markdown, JSON, HTML) beside the run's journal,
+/// as the CLI does.
+fn write_drill_report(state_dir: &Path, report: &rollback_core::RunReport) -> rollback_core::Result<()> {
     let dir = state_dir.join("runs").join(&report.run.run_id);
-    let doc = serde_json::json!({
-        "passed": report.drill_passed(),
-        "budget_used_percent": report.budget_used_percent(),
-        "report": report,
-    });
-    std::fs::write(dir.join("drill.md"), report.to_markdown())
-        .and_then(|_| {
-            std::fs::write(
-                dir.join("drill.json"),
-                serde_json::to_vec_pretty(&doc).unwrap_or_default(),
-            )
-        })
-        .map_err(|source| Error::Journal { path: dir, source })
+    report.write_drill_files(&dir).map(|_| ()).map_err(|source| Error::Journal { path: dir, source })
 }
 
 /// Runs (or resumes) with the options' watch, waiting with the GIL released.
