@@ -27,9 +27,18 @@ use tokio_util::sync::CancellationToken;
 use crate::args::{Cli, Command, OutputFormat, PlanArgs, RunArgs};
 use crate::output::{Progress, Style};
 
-/// The kinds this build knows. Adapter crates add theirs here.
+/// The kinds this build knows: core's, plus those of the adapters compiled in
+/// (cargo features `notify`, `vault`, `compose`).
 pub fn registry() -> Registry {
-    Registry::with_core_kinds()
+    #[allow(unused_mut)]
+    let mut registry = Registry::with_core_kinds();
+    #[cfg(feature = "notify")]
+    rollback_notify::register(&mut registry);
+    #[cfg(feature = "vault")]
+    rollback_vault::register(&mut registry);
+    #[cfg(feature = "compose")]
+    rollback_compose::register(&mut registry);
+    registry
 }
 
 /// Entry point: returns the process exit code.
@@ -402,27 +411,6 @@ async fn finish_run(
     Ok(Outcome { json, text, code })
 }
 
-async fn resolve_run_id(
-    store: &FileJournal,
-    run_id: &str,
-    unfinished_only: bool,
-) -> rollback_core::Result<String> {
-    if run_id != "last" {
-        return Ok(run_id.to_string());
-    }
-    let runs = store.list().await?;
-    runs.iter()
-        .find(|r| !unfinished_only || r.status != Some(rollback_core::RunStatus::Succeeded))
-        .map(|r| r.run_id.clone())
-        .ok_or_else(|| Error::InvalidInput {
-            message: if unfinished_only {
-                "no unfinished run to resume".into()
-            } else {
-                "no runs yet".into()
-            },
-        })
-}
-
 async fn resume(
     state_dir: &Path,
     run_id: &str,
@@ -430,7 +418,7 @@ async fn resume(
     _format: OutputFormat,
 ) -> rollback_core::Result<Outcome> {
     let store = FileJournal::new(state_dir);
-    let run_id = resolve_run_id(&store, run_id, true).await?;
+    let run_id = rollback_core::journal::resolve_run_id(&store, run_id, true).await?;
     let stored = store.read(&run_id).await?;
     let file = format!(
         "{} (as recorded in run {run_id})",
@@ -481,7 +469,7 @@ async fn history(
 
 async fn show(state_dir: &Path, run_id: &str) -> rollback_core::Result<Outcome> {
     let store = FileJournal::new(state_dir);
-    let run_id = resolve_run_id(&store, run_id, false).await?;
+    let run_id = rollback_core::journal::resolve_run_id(&store, run_id, false).await?;
     let stored = store.read(&run_id).await?;
     let report = RunReport::from_stored(&stored).ok_or_else(|| Error::InvalidInput {
         message: format!("run {run_id} has an empty journal"),

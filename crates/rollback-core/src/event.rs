@@ -321,8 +321,13 @@ impl Event {
 
     /// The classes a notifier receives when the plan does not say: the
     /// start, failures, the budget, the end.
-    pub const MILESTONES: &'static [&'static str] =
-        &["run_started", "step_failed", "verification_failed", "budget_exceeded", "run_finished"];
+    pub const MILESTONES: &'static [&'static str] = &[
+        "run_started",
+        "step_failed",
+        "verification_failed",
+        "budget_exceeded",
+        "run_finished",
+    ];
 
     /// Every notification class this event belongs to: a failed step is both
     /// `step_finished` and `step_failed`, so a notifier that follows progress

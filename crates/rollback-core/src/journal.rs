@@ -193,6 +193,29 @@ pub trait JournalStore: Send + Sync {
     fn run_dir(&self, run_id: &str) -> PathBuf;
 }
 
+/// Resolves `last` to the newest run (the newest unfinished one when
+/// `unfinished_only`, as `resume last` wants); any other id is returned as is.
+pub async fn resolve_run_id(
+    store: &dyn JournalStore,
+    run_id: &str,
+    unfinished_only: bool,
+) -> Result<String> {
+    if run_id != "last" {
+        return Ok(run_id.to_string());
+    }
+    let runs = store.list().await?;
+    runs.iter()
+        .find(|r| !unfinished_only || r.status != Some(RunStatus::Succeeded))
+        .map(|r| r.run_id.clone())
+        .ok_or_else(|| Error::InvalidInput {
+            message: if unfinished_only {
+                "no unfinished run to resume".into()
+            } else {
+                "no runs yet".into()
+            },
+        })
+}
+
 /// The embedded store: files in a state directory, no server.
 #[derive(Debug, Clone)]
 pub struct FileJournal {

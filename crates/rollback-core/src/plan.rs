@@ -1542,7 +1542,11 @@ impl Loader<'_> {
             );
             if let Some(notifier) = notifier {
                 let events = if item.get("events").is_none() {
-                    notifier.default_events().iter().map(|s| s.to_string()).collect()
+                    notifier
+                        .default_events()
+                        .iter()
+                        .map(|s| s.to_string())
+                        .collect()
                 } else {
                     events
                 };

@@ -354,6 +354,27 @@ impl StepContext {
             .map_err(|e| StepError::fatal(e.to_string()))
     }
 
+    /// [`StepContext::resolve`] applied to every string inside a JSON value
+    /// (a request body, a whole configuration).
+    pub fn resolve_json(&self, value: &serde_json::Value) -> Result<serde_json::Value, StepError> {
+        use serde_json::Value;
+        Ok(match value {
+            Value::String(s) => Value::String(self.resolve(s)?),
+            Value::Array(items) => Value::Array(
+                items
+                    .iter()
+                    .map(|v| self.resolve_json(v))
+                    .collect::<Result<_, _>>()?,
+            ),
+            Value::Object(map) => Value::Object(
+                map.iter()
+                    .map(|(k, v)| Ok((k.clone(), self.resolve_json(v)?)))
+                    .collect::<Result<_, StepError>>()?,
+            ),
+            other => other.clone(),
+        })
+    }
+
     /// Replaces every secret value seen in this run by `***`. Everything that
     /// goes to the journal, the report and events passes through here already;
     /// use it for text a step shows by other means.

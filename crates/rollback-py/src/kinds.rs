@@ -316,29 +316,6 @@ impl StepContext {
     }
 }
 
-/// Resolves `${...}` references in every string of a config.
-fn resolve_config(
-    ctx: &CoreContext,
-    value: &serde_json::Value,
-) -> Result<serde_json::Value, StepError> {
-    use serde_json::Value;
-    Ok(match value {
-        Value::String(s) => Value::String(ctx.resolve(s)?),
-        Value::Array(items) => Value::Array(
-            items
-                .iter()
-                .map(|v| resolve_config(ctx, v))
-                .collect::<Result<_, _>>()?,
-        ),
-        Value::Object(map) => Value::Object(
-            map.iter()
-                .map(|(k, v)| Ok((k.clone(), resolve_config(ctx, v)?)))
-                .collect::<Result<_, StepError>>()?,
-        ),
-        other => other.clone(),
-    })
-}
-
 /// A Python exception as a step error: the type and message, then the
 /// traceback (which the report and `StepFailed.error` show in full). An
 /// exception derived from `rollback.TransientError` is retryable.
@@ -470,7 +447,7 @@ impl Step for PyStep {
                 )],
             ));
         };
-        let config = resolve_config(ctx, &self.config_value())?;
+        let config = ctx.resolve_json(&self.config_value())?;
         let ctx = ctx.clone();
         let vars = self.vars.lock().expect("vars").clone();
         let kind = self.kind.clone();
@@ -493,7 +470,7 @@ impl Step for PyStep {
     }
 
     async fn run(&self, ctx: &CoreContext) -> Result<Outputs, StepError> {
-        let config = resolve_config(ctx, &self.config_value())?;
+        let config = ctx.resolve_json(&self.config_value())?;
         let func = Python::attach(|py| self.py_kind.func.clone_ref(py));
         let ctx = ctx.clone();
         let vars = self.vars.lock().expect("vars").clone();
@@ -547,10 +524,9 @@ impl Verifier for PyVerifier {
     }
 
     async fn check(&self, ctx: &CoreContext) -> Result<Measurement, StepError> {
-        let config = resolve_config(
-            ctx,
-            &serde_json::Value::Object(self.config.clone().into_iter().collect()),
-        )?;
+        let config = ctx.resolve_json(&serde_json::Value::Object(
+            self.config.clone().into_iter().collect(),
+        ))?;
         let func = Python::attach(|py| self.py_kind.func.clone_ref(py));
         let ctx = ctx.clone();
         let vars = self.vars.lock().expect("vars").clone();

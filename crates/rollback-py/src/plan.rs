@@ -7,7 +7,7 @@ use std::sync::Arc;
 use pyo3::prelude::*;
 use rollback_core::approval::NonInteractive;
 use rollback_core::journal::default_state_dir;
-use rollback_core::{Error, Executor, FileJournal, JournalStore, RunOptions, RunStatus};
+use rollback_core::{Error, Executor, FileJournal, JournalStore, RunOptions};
 
 use crate::errors::{invalid_input, status_error, to_py_err};
 use crate::kinds::{registry, VarsCell};
@@ -66,9 +66,15 @@ fn finish(
 
 /// Writes the drill reports (Markdown, JSON, HTML) beside the run's journal,
 /// as the CLI does.
-fn write_drill_report(state_dir: &Path, report: &rollback_core::RunReport) -> rollback_core::Result<()> {
+fn write_drill_report(
+    state_dir: &Path,
+    report: &rollback_core::RunReport,
+) -> rollback_core::Result<()> {
     let dir = state_dir.join("runs").join(&report.run.run_id);
-    report.write_drill_files(&dir).map(|_| ()).map_err(|source| Error::Journal { path: dir, source })
+    report
+        .write_drill_files(&dir)
+        .map(|_| ())
+        .map_err(|source| Error::Journal { path: dir, source })
 }
 
 /// Runs (or resumes) with the options' watch, waiting with the GIL released.
@@ -339,29 +345,6 @@ mod step_value {
     }
 }
 
-async fn resolve_run_id(
-    store: &FileJournal,
-    run_id: &str,
-    unfinished_only: bool,
-) -> rollback_core::Result<String> {
-    if run_id != "last" {
-        return Ok(run_id.to_string());
-    }
-    store
-        .list()
-        .await?
-        .iter()
-        .find(|r| !unfinished_only || r.status != Some(RunStatus::Succeeded))
-        .map(|r| r.run_id.clone())
-        .ok_or_else(|| Error::InvalidInput {
-            message: if unfinished_only {
-                "no unfinished run to resume".into()
-            } else {
-                "no runs yet".into()
-            },
-        })
-}
-
 /// Past runs, newest first; `plan` keeps one plan's runs, `limit` the first N.
 #[pyfunction]
 #[pyo3(signature = (state_dir=None, *, plan=None, limit=None))]
@@ -394,7 +377,7 @@ pub(crate) fn show(
 ) -> PyResult<RunReport> {
     let store = FileJournal::new(crate::plan::state_dir(state_dir));
     let stored = block_on(py, async move {
-        let id = resolve_run_id(&store, &run_id, false).await?;
+        let id = rollback_core::journal::resolve_run_id(&store, &run_id, false).await?;
         store.read(&id).await
     })?
     .map_err(|e| to_py_err(py, e))?;
@@ -423,7 +406,7 @@ pub(crate) fn resume(
     let dir = crate::plan::state_dir(state_dir);
     let store = FileJournal::new(&dir);
     let stored = block_on(py, async move {
-        let id = resolve_run_id(&store, &run_id, true).await?;
+        let id = rollback_core::journal::resolve_run_id(&store, &run_id, true).await?;
         store.read(&id).await
     })?
     .map_err(|e| to_py_err(py, e))?;

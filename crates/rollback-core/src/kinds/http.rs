@@ -325,28 +325,6 @@ fn check_status(
     Err(err.with_detail(detail))
 }
 
-fn resolve_json(
-    ctx: &StepContext,
-    value: &serde_json::Value,
-) -> Result<serde_json::Value, StepError> {
-    use serde_json::Value;
-    Ok(match value {
-        Value::String(s) => Value::String(ctx.resolve(s)?),
-        Value::Array(items) => Value::Array(
-            items
-                .iter()
-                .map(|v| resolve_json(ctx, v))
-                .collect::<Result<_, _>>()?,
-        ),
-        Value::Object(map) => Value::Object(
-            map.iter()
-                .map(|(k, v)| Ok((k.clone(), resolve_json(ctx, v)?)))
-                .collect::<Result<_, StepError>>()?,
-        ),
-        other => other.clone(),
-    })
-}
-
 /// The `http` step.
 #[derive(Debug)]
 pub struct Http {
@@ -419,7 +397,7 @@ impl Step for Http {
         if let Some(body) = &self.config.body {
             request.body = Payload::Text(ctx.resolve(body)?);
         } else if let Some(json) = &self.config.json {
-            request.body = Payload::Json(resolve_json(ctx, json)?);
+            request.body = Payload::Json(ctx.resolve_json(json)?);
         }
         let what = request.display(ctx);
         let exchange = request
