@@ -213,11 +213,20 @@ async fn preview(args: &PlanArgs) -> rollback_core::Result<Outcome> {
 /// Asks at the terminal; the progress line is paused meanwhile.
 struct TerminalApprover {
     progress: Progress,
+    /// `--yes`: plain confirmations are approved without asking; a named
+    /// role's approval is still asked for.
+    assume_yes: bool,
 }
 
 #[async_trait::async_trait]
 impl Approver for TerminalApprover {
     async fn approve(&self, request: &ApprovalRequest) -> Result<Approval, String> {
+        if self.assume_yes && request.role.is_none() {
+            return Ok(Approval {
+                approved_by: request.operator.clone(),
+                method: "--yes".into(),
+            });
+        }
         self.progress.pause(true);
         let prompt = match &request.role {
             Some(role) => format!(
@@ -250,19 +259,8 @@ impl Approver for TerminalApprover {
     }
 }
 
-fn approver(run: &RunArgs, progress: &Progress) -> rollback_core::Result<Arc<dyn Approver>> {
-    let fallback: Arc<dyn Approver> = if run.yes || !std::io::stdin().is_terminal() {
-        Arc::new(NonInteractive {
-            assume_yes: run.yes,
-        })
-    } else {
-        Arc::new(TerminalApprover {
-            progress: progress.clone(),
-        })
-    };
-    if run.approved_by.is_empty() {
-        return Ok(fallback);
-    }
+/// `--approved-by ROLE=NAME` flags as a map; a malformed one is invalid input.
+fn approved_by(run: &RunArgs) -> rollback_core::Result<std::collections::BTreeMap<String, String>> {
     let mut approvals = std::collections::BTreeMap::new();
     for item in &run.approved_by {
         match item.split_once('=') {
@@ -277,6 +275,26 @@ fn approver(run: &RunArgs, progress: &Progress) -> rollback_core::Result<Arc<dyn
                 })
             }
         }
+    }
+    Ok(approvals)
+}
+
+/// Who answers approvals: `--approved-by` first, then the terminal (which
+/// with `--yes` still asks for named roles), else the non-interactive rule.
+fn approver(run: &RunArgs, progress: &Progress) -> rollback_core::Result<Arc<dyn Approver>> {
+    let approvals = approved_by(run)?;
+    let fallback: Arc<dyn Approver> = if std::io::stdin().is_terminal() {
+        Arc::new(TerminalApprover {
+            progress: progress.clone(),
+            assume_yes: run.yes,
+        })
+    } else {
+        Arc::new(NonInteractive {
+            assume_yes: run.yes,
+        })
+    };
+    if approvals.is_empty() {
+        return Ok(fallback);
     }
     Ok(Arc::new(PresetApprovals {
         approvals,
@@ -718,6 +736,8 @@ async fn watch(
             message: format!("plan {} has no `triggers:` to watch; add e.g. a `prometheus` check with `for: 10m`", plan.name),
         });
     }
+    // Bad run flags are reported now, not when a trigger fires.
+    approved_by(run)?;
     let executor = Executor::new(Arc::new(FileJournal::new(state_dir)));
     let mut watcher = rollback_core::watch::Watcher::open(state_dir, &plan)?;
     let stop = CancellationToken::new();
@@ -739,8 +759,7 @@ async fn watch(
     loop {
         let progress = Progress::new(plan.budget);
         let options_source = |reason: String| {
-            run_options(run, reason, &progress)
-                .unwrap_or_else(|_| rollback_core::RunOptions::new("trigger"))
+            run_options(run, reason, &progress).expect("--approved-by was checked before watching")
         };
         let tick = watcher.tick(&plan, &executor, options_source).await?;
         progress.finish();

@@ -459,6 +459,20 @@ pub fn render_report(report: &RunReport) -> String {
             ));
         }
     }
+    if !report.approvals.is_empty() {
+        out.push('\n');
+        for a in &report.approvals {
+            let role = a
+                .role
+                .as_ref()
+                .map(|r| format!(" as {r}"))
+                .unwrap_or_default();
+            out.push_str(&format!(
+                "  approved by {}{role} ({}) before {}\n",
+                a.approved_by, a.method, a.step
+            ));
+        }
+    }
     for failure in &report.notification_failures {
         out.push_str(&format!(
             "  {} notification failed: {failure}\n",

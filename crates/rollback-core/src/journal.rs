@@ -148,6 +148,9 @@ pub struct RunSummary {
     pub duration_ms: Option<u64>,
     /// Plan digest.
     pub digest: String,
+    /// What started it, when not a person (`trigger: error-rate = 0.07`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trigger: Option<String>,
 }
 
 /// Writes one run's records.
@@ -397,6 +400,7 @@ impl JournalStore for FileJournal {
                     drill: run.info.drill,
                     duration_ms,
                     digest: run.info.digest.clone(),
+                    trigger: run.info.trigger.clone(),
                 });
             }
             out.sort_by(|a, b| {
