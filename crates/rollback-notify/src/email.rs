@@ -31,6 +31,15 @@ pub enum SmtpSecurity {
 }
 
 impl SmtpSecurity {
+    /// How the connection is protected, in words.
+    fn words(self) -> &'static str {
+        match self {
+            SmtpSecurity::Starttls => "STARTTLS",
+            SmtpSecurity::Tls => "implicit TLS",
+            SmtpSecurity::Plain => "a plain connection (no TLS)",
+        }
+    }
+
     fn default_port(self) -> u16 {
         match self {
             SmtpSecurity::Starttls => 587,
@@ -241,6 +250,50 @@ impl EmailNotifier {
     }
 }
 
+/// SMTP reply codes for a refused login (RFC 4954): 530 authentication
+/// required, 534 mechanism too weak, 535 credentials invalid, 538 encryption
+/// required.
+fn is_login_refused(err: &lettre::transport::smtp::Error) -> bool {
+    err.status()
+        .is_some_and(|c| matches!(c.to_string().as_str(), "530" | "534" | "535" | "538"))
+}
+
+impl EmailNotifier {
+    /// Why the probe failed, with what to check; no secret in the text.
+    fn probe_error(&self, ctx: &StepContext, err: lettre::transport::smtp::Error) -> StepError {
+        let target = format!("{}:{}", self.config.host, self.port());
+        let text = ctx.redact(&err.to_string());
+        let lower = text.to_ascii_lowercase();
+        let tls = err.is_tls() || lower.contains("certificate") || lower.contains("tls");
+        if is_login_refused(&err) {
+            let hint = if self.config.username.is_some() {
+                "check `username:` and the password `password:` refers to"
+            } else {
+                "the server wants a login: add `username:` and `password:`"
+            };
+            StepError::fatal(format!(
+                "SMTP server {target} refused the login: {hint}: {text}"
+            ))
+        } else if err.is_permanent() {
+            StepError::fatal(format!(
+                "SMTP server {target} refused the session: check `host:`, `port:` and \
+                 `security:`: {text}"
+            ))
+        } else if tls {
+            StepError::fatal(format!(
+                "SMTP server {target}: TLS failed; check `security:` ({} expected here; \
+                 `tls` for an SMTPS port such as 465, `starttls` for 587) and `ca_file:`: {text}",
+                self.config.security.words()
+            ))
+        } else {
+            StepError::retryable(format!(
+                "could not reach the SMTP server {target}: check `host:` and `port:` and that \
+                 the server runs and accepts connections from here: {text}"
+            ))
+        }
+    }
+}
+
 #[async_trait]
 impl Notifier for EmailNotifier {
     fn describe(&self) -> String {
@@ -250,6 +303,34 @@ impl Notifier for EmailNotifier {
             self.config.host,
             self.port()
         )
+    }
+
+    /// lettre's `test_connection`: connects, says EHLO, upgrades with
+    /// STARTTLS or speaks TLS from the start as `security:` says, logs in
+    /// when `username:` is set, sends NOOP and QUIT. No message is sent.
+    async fn probe(&self, ctx: &StepContext) -> Result<Option<String>, StepError> {
+        let transport = self.transport(ctx)?;
+        let target = format!("{}:{}", self.config.host, self.port());
+        let answered = transport
+            .test_connection()
+            .await
+            .map_err(|e| self.probe_error(ctx, e))?;
+        if !answered {
+            return Err(StepError::retryable(format!(
+                "SMTP server {target} took the connection but did not answer NOOP: check that \
+                 `host:` and `port:` point at an SMTP server"
+            )));
+        }
+        let login = match &self.config.username {
+            Some(user) => format!("logged in as `{}`", ctx.redact(&ctx.resolve(user)?)),
+            None => "no login configured".to_string(),
+        };
+        Ok(Some(format!(
+            "SMTP server {target} answered over {}, {login}; mail goes from {} to {}",
+            self.config.security.words(),
+            self.config.from,
+            self.config.to.join(", ")
+        )))
     }
 
     async fn notify(

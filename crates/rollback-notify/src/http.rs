@@ -24,10 +24,11 @@ pub(crate) fn retry_after(response: &Response) -> Option<Duration> {
 }
 
 /// A transport error (refused, reset, timed out): worth another attempt.
-pub(crate) fn unreachable(what: &str, err: reqwest::Error) -> StepError {
+/// `check` says what to look at, e.g. "check `api_url:` and the network".
+pub(crate) fn unreachable(what: &str, check: &str, err: reqwest::Error) -> StepError {
     // reqwest's message names the URL, which holds no secret here (keys go
     // in headers), but strip it anyway: a URL may carry a token.
-    StepError::retryable(format!("could not reach {what}")).with_source(err.without_url())
+    StepError::retryable(format!("could not reach {what} ({check})")).with_source(err.without_url())
 }
 
 /// An unexpected status: 408, 429 and 5xx are retryable, the rest are not.

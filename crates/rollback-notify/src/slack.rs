@@ -134,7 +134,7 @@ fn main_message(t: &Timeline, run: &RunInfo) -> SlackMessageContent {
             .with_value(value)
             .with_short(short)
     };
-    let fields = vec![
+    let mut fields = vec![
         field("Service", t.service.clone(), true),
         field("Plan", t.plan.clone(), true),
         field("Reason", t.reason.clone(), false),
@@ -144,6 +144,11 @@ fn main_message(t: &Timeline, run: &RunInfo) -> SlackMessageContent {
         field("Duration", t.duration_text(), true),
         field("Run", format!("{} on {}", run.run_id, run.host), false),
     ];
+    // With `step_finished` (or a failed step) the message shows how far the
+    // steps got; before that there is nothing to count.
+    if let Some(steps) = t.steps_text() {
+        fields.insert(7, field("Steps", steps, false));
+    }
     SlackMessageContent::new()
         .with_text(format!("{title} ({})", t.reason))
         .with_attachments(vec![SlackMessageAttachment::new()
@@ -154,13 +159,23 @@ fn main_message(t: &Timeline, run: &RunInfo) -> SlackMessageContent {
 }
 
 /// A thread reply for the latest event.
-fn reply(t: &Timeline) -> Option<SlackMessageContent> {
+fn reply(t: &Timeline, event: &Event) -> Option<SlackMessageContent> {
     let entry = t.entries.last()?;
-    let icon = match t.phase {
-        Phase::Finished(rollback_core::RunStatus::Succeeded) => ":white_check_mark:",
-        Phase::Finished(_) => ":x:",
-        Phase::Running if entry.text.starts_with("budget") => ":hourglass:",
-        Phase::Running => ":warning:",
+    let icon = match (event, t.phase) {
+        (
+            Event::StepFinished {
+                outcome: rollback_core::Outcome::Succeeded,
+                ..
+            }
+            | Event::CheckFinished { passed: true, .. },
+            _,
+        ) => ":heavy_check_mark:",
+        (_, phase) => match phase {
+            Phase::Finished(rollback_core::RunStatus::Succeeded) => ":white_check_mark:",
+            Phase::Finished(_) => ":x:",
+            Phase::Running if entry.text.starts_with("budget") => ":hourglass:",
+            Phase::Running => ":warning:",
+        },
     };
     Some(SlackMessageContent::new().with_text(format!("{icon} {}", entry.text)))
 }
@@ -180,6 +195,17 @@ fn is_auth_error(code: &str) -> bool {
 }
 
 impl SlackNotifier {
+    /// Resolves the token reference (at run time, never at construction).
+    fn token(&self, ctx: &StepContext) -> Result<SlackApiToken, StepError> {
+        let token_value = ctx.resolve(&self.config.token)?;
+        if token_value.trim().is_empty() {
+            return Err(StepError::fatal(
+                "the Slack token is empty: set the variable `token:` refers to",
+            ));
+        }
+        Ok(SlackApiToken::new(SlackApiTokenValue::new(token_value)))
+    }
+
     fn failure(&self, method: &str, err: SlackClientError) -> StepError {
         let channel = &self.config.channel;
         match &err {
@@ -220,7 +246,12 @@ impl SlackNotifier {
             }
             SlackClientError::HttpError(http) => {
                 let status = http.status_code.as_u16();
-                let message = format!("Slack {method} answered HTTP {status}");
+                let mut message = format!("Slack {method} answered HTTP {status}");
+                if status == 404 {
+                    message.push_str(
+                        ": check api_url (the Web API's base, e.g. https://slack.com/api)",
+                    );
+                }
                 if status >= 500 || status == 408 {
                     StepError::retryable(message)
                 } else {
@@ -237,9 +268,12 @@ impl SlackNotifier {
                 "Slack {method} answered something that is not the Web API's JSON: check api_url"
             ))
             .with_source(err),
-            _ => {
-                StepError::retryable(format!("could not reach Slack for {method}")).with_source(err)
-            }
+            _ => StepError::retryable(format!(
+                "could not reach Slack for {method} at {} (check `api_url:` and that this \
+                 host reaches it)",
+                self.config.api_url
+            ))
+            .with_source(err),
         }
     }
 
@@ -270,19 +304,41 @@ impl Notifier for SlackNotifier {
         format!("Slack channel {}", self.config.channel)
     }
 
+    /// Slack's `auth.test`: the Web API is reachable and accepts the token,
+    /// and names the team and the bot user it belongs to. Nothing is posted.
+    /// (Whether the bot may post in the channel is only known by posting.)
+    async fn probe(&self, ctx: &StepContext) -> Result<Option<String>, StepError> {
+        let token = self.token(ctx)?;
+        let session = self.client().open_session(&token);
+        // POST with an empty JSON object: auth.test takes no arguments, the
+        // token travels in the Authorization header.
+        let no_arguments = serde_json::json!({});
+        let answer: SlackApiAuthTestResponse = self
+            .call("auth.test", || {
+                session
+                    .http_session_api
+                    .http_post("auth.test", &no_arguments, None)
+            })
+            .await?;
+        let user = answer.user.as_deref().unwrap_or("(unnamed)");
+        let bot = answer
+            .bot_id
+            .map(|b| format!(", bot {}", b.0))
+            .unwrap_or_default();
+        Ok(Some(format!(
+            "Slack auth.test accepted the token: user `{user}` ({}{bot}) in team `{}` ({}, {}); \
+             messages will go to {}",
+            answer.user_id.0, answer.team, answer.team_id.0, answer.url.0, self.config.channel
+        )))
+    }
+
     async fn notify(
         &self,
         ctx: &StepContext,
         run: &RunInfo,
         event: &Event,
     ) -> Result<(), StepError> {
-        let token_value = ctx.resolve(&self.config.token)?;
-        if token_value.trim().is_empty() {
-            return Err(StepError::fatal(
-                "the Slack token is empty: set the variable `token:` refers to",
-            ));
-        }
-        let token = SlackApiToken::new(SlackApiTokenValue::new(token_value));
+        let token = self.token(ctx)?;
         let session = self.client().open_session(&token);
 
         let (timeline, posted) = self.runs.with(
@@ -322,7 +378,7 @@ impl Notifier for SlackNotifier {
                 // The first message already says everything about the start;
                 // any other first event also gets its line in the thread.
                 if !matches!(event, Event::RunStarted { .. }) {
-                    self.post_reply(&session, &posted, &timeline).await?;
+                    self.post_reply(&session, &posted, &timeline, event).await?;
                 }
             }
             Some(posted) => {
@@ -348,7 +404,7 @@ impl Notifier for SlackNotifier {
                     }
                     return Err(e);
                 }
-                self.post_reply(&session, &posted, &timeline).await?;
+                self.post_reply(&session, &posted, &timeline, event).await?;
             }
         }
         if matches!(event, Event::RunFinished { .. }) {
@@ -364,8 +420,9 @@ impl SlackNotifier {
         session: &SlackClientSession<'_, SlackClientHyperHttpsConnector>,
         posted: &Posted,
         timeline: &Timeline,
+        event: &Event,
     ) -> Result<(), StepError> {
-        let Some(content) = reply(timeline) else {
+        let Some(content) = reply(timeline, event) else {
             return Ok(());
         };
         let request = SlackApiChatPostMessageRequest::new(posted.channel.clone(), content)

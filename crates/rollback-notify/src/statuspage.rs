@@ -4,12 +4,16 @@
 //!
 //! Requests: `POST {api_url}/pages/{page_id}/incidents` and
 //! `PATCH {api_url}/pages/{page_id}/incidents/{incident_id}`, each with a JSON
-//! body `{"incident": {...}}` and the header `Authorization: OAuth <key>`.
+//! body `{"incident": {...}}` and the header `Authorization: OAuth <key>`;
+//! `rollback preflight` probes with `GET {api_url}/pages/{page_id}` (and
+//! `GET {api_url}/pages/{page_id}/components` when `components:` is set).
 
 use async_trait::async_trait;
 use reqwest::header::{AUTHORIZATION, CONTENT_TYPE};
 use reqwest::StatusCode;
-use rollback_core::{ConfigError, Event, Notifier, Outcome, RunInfo, RunStatus, StepContext, StepError};
+use rollback_core::{
+    ConfigError, Event, Notifier, Outcome, RunInfo, RunStatus, StepContext, StepError,
+};
 use schemars::JsonSchema;
 use serde::Deserialize;
 use serde_json::{json, Map, Value};
@@ -199,7 +203,7 @@ impl StatuspageNotifier {
         ctx: &StepContext,
         method: reqwest::Method,
         url: &str,
-        body: &Value,
+        body: Option<&Value>,
     ) -> Result<Value, StepError> {
         let key = ctx.resolve(&self.config.api_key)?;
         if key.trim().is_empty() {
@@ -209,15 +213,20 @@ impl StatuspageNotifier {
         }
         let mut waits = 0;
         loop {
-            let response = self
+            let mut request = self
                 .client
                 .request(method.clone(), url)
-                .header(AUTHORIZATION, format!("OAuth {key}"))
-                .header(CONTENT_TYPE, "application/json")
-                .json(body)
-                .send()
-                .await
-                .map_err(|e| unreachable("Statuspage", e))?;
+                .header(AUTHORIZATION, format!("OAuth {key}"));
+            if let Some(body) = body {
+                request = request.header(CONTENT_TYPE, "application/json").json(body);
+            }
+            let response = request.send().await.map_err(|e| {
+                unreachable(
+                    "Statuspage",
+                    "check `api_url:` and that this host reaches it",
+                    e,
+                )
+            })?;
             let status = response.status();
             if status.is_success() {
                 return response.json::<Value>().await.map_err(|e| {
@@ -240,8 +249,12 @@ impl StatuspageNotifier {
                 401 | 403 => {
                     "the API key was refused; check the key `api_key:` refers to".to_string()
                 }
-                404 => format!(
+                404 if url.contains("/incidents/") => format!(
                     "page `{}` or the incident does not exist; check page_id",
+                    self.config.page_id
+                ),
+                404 => format!(
+                    "page `{}` does not exist or the key cannot see it; check page_id",
                     self.config.page_id
                 ),
                 422 => "the request was refused as invalid".to_string(),
@@ -261,6 +274,66 @@ impl StatuspageNotifier {
 impl Notifier for StatuspageNotifier {
     fn describe(&self) -> String {
         format!("Statuspage page {}", self.config.page_id)
+    }
+
+    /// `GET {api_url}/pages/{page_id}`: the API is reachable, the key is
+    /// accepted and the page exists; with `components:`, also `GET
+    /// {api_url}/pages/{page_id}/components`: each listed id is on the page.
+    /// Nothing is opened or changed.
+    async fn probe(&self, ctx: &StepContext) -> Result<Option<String>, StepError> {
+        let url = format!("{}/pages/{}", self.config.api_url, self.config.page_id);
+        let page = self.send(ctx, reqwest::Method::GET, &url, None).await?;
+        let id = page["id"].as_str().unwrap_or_default();
+        if id != self.config.page_id {
+            return Err(StepError::fatal(format!(
+                "Statuspage answered GET /pages/{} without that page's id: check api_url",
+                self.config.page_id
+            )));
+        }
+        let name = page["name"].as_str().unwrap_or("(unnamed)");
+        let mut evidence = format!("Statuspage accepted the API key: page `{name}` ({id}");
+        // Where visitors see it: the custom domain, else the subdomain.
+        let nonempty = |key: &str| page[key].as_str().filter(|v| !v.is_empty());
+        if let Some(domain) = nonempty("domain") {
+            evidence.push_str(&format!(", {domain}"));
+        } else if let Some(sub) = nonempty("subdomain") {
+            evidence.push_str(&format!(", {sub}.statuspage.io"));
+        }
+        evidence.push(')');
+        if !self.config.components.is_empty() {
+            // The components the incident will set must be on this page, or
+            // every update is refused at run time.
+            let listed = self
+                .send(
+                    ctx,
+                    reqwest::Method::GET,
+                    &format!("{url}/components"),
+                    None,
+                )
+                .await?;
+            let listed = listed.as_array().cloned().unwrap_or_default();
+            let mut found = Vec::new();
+            let mut missing = Vec::new();
+            for wanted in &self.config.components {
+                match listed.iter().find(|c| c["id"].as_str() == Some(wanted)) {
+                    Some(c) => found.push(format!(
+                        "`{}` ({wanted}, {})",
+                        c["name"].as_str().unwrap_or("(unnamed)"),
+                        c["status"].as_str().unwrap_or("unknown status")
+                    )),
+                    None => missing.push(wanted.as_str()),
+                }
+            }
+            if !missing.is_empty() {
+                return Err(StepError::fatal(format!(
+                    "Statuspage page `{name}` ({id}) has no component {}: check `components:` \
+                     (the ids are under Components → the component → its URL)",
+                    missing.join(", ")
+                )));
+            }
+            evidence.push_str(&format!("; components {}", found.join(", ")));
+        }
+        Ok(Some(evidence))
     }
 
     async fn notify(
@@ -302,7 +375,7 @@ impl Notifier for StatuspageNotifier {
                     ctx,
                     reqwest::Method::PATCH,
                     &format!("{incidents}/{id}"),
-                    &json!({ "incident": incident }),
+                    Some(&json!({ "incident": incident })),
                 )
                 .await?;
             }
@@ -320,7 +393,7 @@ impl Notifier for StatuspageNotifier {
                         ctx,
                         reqwest::Method::POST,
                         &incidents,
-                        &json!({ "incident": incident }),
+                        Some(&json!({ "incident": incident })),
                     )
                     .await?;
                 let id = created["id"].as_str().ok_or_else(|| {

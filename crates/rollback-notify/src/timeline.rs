@@ -47,6 +47,10 @@ pub struct Timeline {
     pub entries: Vec<Entry>,
     /// Steps that ended without success so far.
     pub failed_steps: Vec<String>,
+    /// The plan's steps, as `run_started` listed them (empty until it arrives).
+    pub planned_steps: Vec<String>,
+    /// Steps that succeeded so far (known from `step_finished`).
+    pub succeeded_steps: Vec<String>,
     /// Checks that did not pass so far.
     pub failed_checks: Vec<String>,
     /// Whether the budget ran out.
@@ -75,6 +79,8 @@ impl Timeline {
             drill: run.drill,
             entries: Vec::new(),
             failed_steps: Vec::new(),
+            planned_steps: Vec::new(),
+            succeeded_steps: Vec::new(),
             failed_checks: Vec::new(),
             over_budget: false,
             phase: Phase::Running,
@@ -92,6 +98,7 @@ impl Timeline {
         self.last = Some(event.clone());
         let text = match event {
             Event::RunStarted { steps, .. } => {
+                self.planned_steps = steps.iter().map(|s| s.id.clone()).collect();
                 let ids: Vec<&str> = steps.iter().map(|s| s.id.as_str()).collect();
                 format!(
                     "run started by {}: {} ({} step{}: {})",
@@ -112,6 +119,9 @@ impl Timeline {
             } => {
                 if *outcome != Outcome::Succeeded && !self.failed_steps.contains(step) {
                     self.failed_steps.push(step.clone());
+                }
+                if *outcome == Outcome::Succeeded && !self.succeeded_steps.contains(step) {
+                    self.succeeded_steps.push(step.clone());
                 }
                 let mut text = format!(
                     "step {step} {} after {attempts} attempt{} in {}",
@@ -217,6 +227,28 @@ impl Timeline {
             Phase::Running if self.over_budget => AMBER,
             Phase::Running => BLUE,
         }
+    }
+
+    /// How far the steps got, e.g. `1 of 2 steps done (record_state)` or
+    /// `1 of 3 steps done (a); failed: b`; `None` until a step finished (a
+    /// notifier that does not receive `step_finished` knows only failures).
+    pub fn steps_text(&self) -> Option<String> {
+        if self.succeeded_steps.is_empty() && self.failed_steps.is_empty() {
+            return None;
+        }
+        let done = self.succeeded_steps.len();
+        let mut text = if self.planned_steps.is_empty() {
+            format!("{done} step{} done", if done == 1 { "" } else { "s" })
+        } else {
+            format!("{done} of {} steps done", self.planned_steps.len())
+        };
+        if !self.succeeded_steps.is_empty() {
+            text.push_str(&format!(" ({})", self.succeeded_steps.join(", ")));
+        }
+        if !self.failed_steps.is_empty() {
+            text.push_str(&format!("; failed: {}", self.failed_steps.join(", ")));
+        }
+        Some(text)
     }
 
     /// Time used so far (or in all, once finished) against the budget, e.g.
@@ -403,6 +435,40 @@ pub(crate) mod tests {
         let mut t = Timeline::new(&run_info());
         t.record(&finished(RunStatus::Succeeded, 1_500));
         assert_eq!((t.status(), t.colour()), ("succeeded", GREEN));
+    }
+
+    #[test]
+    fn steps_text_counts_finished_steps() {
+        let mut t = Timeline::new(&run_info());
+        assert_eq!(t.steps_text(), None);
+        let step = |id: &str, outcome| Event::StepFinished {
+            step: id.into(),
+            outcome,
+            attempts: 1,
+            duration_ms: 5,
+            outputs: Default::default(),
+            error: None,
+            redacted: false,
+        };
+        t.record(&step("a", Outcome::Succeeded));
+        assert_eq!(t.steps_text().as_deref(), Some("1 step done (a)"));
+        t.record(&Event::RunStarted {
+            run: run_info(),
+            steps: ["a", "b", "c"]
+                .iter()
+                .map(|id| rollback_core::event::StepInfo {
+                    id: id.to_string(),
+                    kind: "exec".into(),
+                    describe: String::new(),
+                    after: Vec::new(),
+                })
+                .collect(),
+        });
+        t.record(&step("b", Outcome::Failed));
+        assert_eq!(
+            t.steps_text().as_deref(),
+            Some("1 of 3 steps done (a); failed: b")
+        );
     }
 
     #[test]

@@ -108,6 +108,14 @@ impl Notifier for WebhookNotifier {
         format!("webhook {}", self.config.url)
     }
 
+    // No `probe`: the default (`Ok(None)`, shown as unchecked by `rollback
+    // preflight`) is deliberate. A webhook receiver is any URL that takes a
+    // signed POST; there is no standard request that proves it reachable and
+    // the secret agreed without delivering something. A HEAD or GET may be
+    // refused (405) or routed elsewhere by a receiver that works, and a
+    // test POST would be a delivery the receiver acts on (opening a ticket,
+    // paging someone). So passing or failing here would be a guess.
+
     async fn notify(
         &self,
         ctx: &StepContext,
@@ -157,11 +165,9 @@ impl Notifier for WebhookNotifier {
                 })?;
                 request = request.header(name.as_str(), value);
             }
-            let response = request
-                .body(body.clone())
-                .send()
-                .await
-                .map_err(|e| unreachable("the webhook", e))?;
+            let response = request.body(body.clone()).send().await.map_err(|e| {
+                unreachable("the webhook", "check `url:` and that the receiver runs", e)
+            })?;
             let status = response.status();
             if status.is_success() {
                 return Ok(());

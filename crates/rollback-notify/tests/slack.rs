@@ -330,3 +330,122 @@ notify:
     assert!(err.contains("${env:SLACK_TOKEN}"), "{err}");
     assert!(!err.contains("xoxb-literal"), "{err}");
 }
+
+#[tokio::test]
+async fn step_finished_replies_in_the_thread_and_updates_the_message() {
+    let slack = SlackStandIn::start(TOKEN).await;
+    let fx = Fixture::new();
+    let yaml = plan(
+        &fx,
+        "slack-progress",
+        &slack.api_url(),
+        "#deployments",
+        TOKEN,
+        "[run_started, step_finished, run_finished]",
+        false,
+    );
+    let report = fx.run(&fx.plan(&yaml), Duration::from_secs(20)).await;
+    assert_eq!(report.status, Some(RunStatus::Succeeded));
+
+    let requests = slack.server.requests();
+    let calls: Vec<&str> = requests.iter().map(|r| r.path.as_str()).collect();
+    assert_eq!(
+        calls,
+        [
+            "/api/chat.postMessage", // run_started: the message
+            "/api/chat.update",      // record_state finished: update ...
+            "/api/chat.postMessage", // ... and a reply
+            "/api/chat.update",      // restart finished
+            "/api/chat.postMessage",
+            "/api/chat.update", // run_finished
+            "/api/chat.postMessage",
+        ]
+    );
+    // The message shows how far the steps got after each one.
+    let first = requests[0].json();
+    assert!(
+        first["attachments"][0]["fields"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|f| f["title"] != "Steps"),
+        "no step finished yet: {first}"
+    );
+    let after_first = requests[1].json();
+    assert_eq!(
+        field(&after_first, "Steps"),
+        "1 of 2 steps done (record_state)"
+    );
+    assert_eq!(field(&after_first, "Status"), "running");
+    assert_eq!(after_first["attachments"][0]["color"], "#1d9bd1");
+    let after_second = requests[3].json();
+    assert_eq!(
+        field(&after_second, "Steps"),
+        "2 of 2 steps done (record_state, restart)"
+    );
+    let last = requests[5].json();
+    assert_eq!(field(&last, "Status"), "succeeded");
+    assert_eq!(last["attachments"][0]["color"], "#2eb67d");
+
+    let state = slack.state.lock().unwrap();
+    let parents = state.parents();
+    assert_eq!(parents.len(), 1);
+    assert_eq!(parents[0].edits, 3);
+    let replies: Vec<String> = state
+        .replies(&parents[0].ts)
+        .into_iter()
+        .map(|m| m.text.unwrap())
+        .collect();
+    assert_eq!(replies.len(), 3, "{replies:?}");
+    assert!(
+        replies[0].starts_with(":heavy_check_mark: step record_state succeeded after 1 attempt"),
+        "{replies:?}"
+    );
+    assert!(
+        replies[1].starts_with(":heavy_check_mark: step restart succeeded after 1 attempt"),
+        "{replies:?}"
+    );
+    assert!(
+        replies[2].starts_with(":white_check_mark: run finished: succeeded"),
+        "{replies:?}"
+    );
+    drop(state);
+    let journal = fx.journal(&report.run.run_id);
+    assert!(!event_names(&journal).contains(&"notification_failed".to_string()));
+}
+
+#[tokio::test]
+async fn a_failed_step_is_one_reply_when_both_step_classes_are_asked_for() {
+    let slack = SlackStandIn::start(TOKEN).await;
+    let fx = Fixture::new();
+    let yaml = plan(
+        &fx,
+        "slack-progress-failed",
+        &slack.api_url(),
+        "#deployments",
+        TOKEN,
+        "[step_finished, step_failed]",
+        true,
+    );
+    let report = fx.run(&fx.plan(&yaml), Duration::from_secs(20)).await;
+    assert_eq!(report.status, Some(RunStatus::StepFailed));
+    let state = slack.state.lock().unwrap();
+    let parents = state.parents();
+    assert_eq!(parents.len(), 1, "{:?}", state.messages);
+    let fields = parents[0].attachments[0]["fields"].as_array().unwrap();
+    let steps = fields.iter().find(|f| f["title"] == "Steps").unwrap()["value"]
+        .as_str()
+        .unwrap();
+    // Without run_started the notifier does not know how many steps there are.
+    assert_eq!(steps, "1 step done (record_state); failed: restart");
+    let replies: Vec<String> = state
+        .replies(&parents[0].ts)
+        .into_iter()
+        .map(|m| m.text.unwrap())
+        .collect();
+    // record_state's event posted the message (and its reply); restart's
+    // failure arrives once although it is in both classes.
+    assert_eq!(replies.len(), 2, "{replies:?}");
+    assert!(replies[0].starts_with(":heavy_check_mark: step record_state succeeded"));
+    assert!(replies[1].starts_with(":warning: step restart failed after 1 attempt"));
+}

@@ -209,3 +209,66 @@ async fn a_429_is_waited_out() {
     let journal = fx.journal(&report.run.run_id);
     assert!(!event_names(&journal).contains(&"notification_failed".to_string()));
 }
+
+#[tokio::test]
+async fn step_finished_adds_one_update_per_step_then_resolves() {
+    let sp = StatuspageStandIn::start(PAGE, KEY).await;
+    let fx = Fixture::new();
+    let yaml = plan(&fx, "sp-progress", &sp.api_url(), KEY, false).replace(
+        "    timeout: 10s\n",
+        "    events: [run_started, step_finished, run_finished]\n    timeout: 10s\n",
+    );
+    let report = fx.run(&fx.plan(&yaml), Duration::from_secs(20)).await;
+    assert_eq!(report.status, Some(RunStatus::Succeeded));
+
+    let requests = sp.server.requests();
+    let calls: Vec<(String, String)> = requests
+        .iter()
+        .map(|r| (r.method.clone(), r.path.clone()))
+        .collect();
+    let patch = (
+        "PATCH".to_string(),
+        format!("/v1/pages/{PAGE}/incidents/p31zjtct2j00"),
+    );
+    assert_eq!(
+        calls,
+        [
+            ("POST".to_string(), format!("/v1/pages/{PAGE}/incidents")),
+            patch.clone(), // undo is done
+            patch.clone(), // migrate_down is done
+            patch,         // resolved
+        ]
+    );
+    let state = sp.state.lock().unwrap();
+    assert_eq!(state.incidents.len(), 1, "one incident per run");
+    let incident = &state.incidents[0];
+    let updates: Vec<(&str, &str)> = incident
+        .updates
+        .iter()
+        .map(|(s, b)| (s.as_str(), b.as_str()))
+        .collect();
+    assert_eq!(updates.len(), 4, "{updates:?}");
+    assert_eq!(updates[0].0, "investigating");
+    assert_eq!(
+        updates[1],
+        ("identified", "Rolling back orders: step undo is done.")
+    );
+    assert_eq!(
+        updates[2],
+        (
+            "identified",
+            "Rolling back orders: step migrate_down is done."
+        )
+    );
+    assert_eq!(
+        updates[3],
+        (
+            "resolved",
+            "The rollback of orders is complete and its checks pass."
+        )
+    );
+    assert_eq!(incident.status, "resolved");
+    assert_eq!(incident.components["8kbf7d35c070"], "operational");
+    drop(state);
+    assert_not_in_state(&fx, KEY);
+}

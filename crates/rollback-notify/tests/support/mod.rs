@@ -260,6 +260,8 @@ pub struct SlackState {
     pub rate_limit_next: u32,
     /// `Retry-After` seconds sent with a 429.
     pub retry_after_secs: u64,
+    /// The workspace's name (`team` in `auth.test`).
+    pub team: String,
     next_ts: u64,
 }
 
@@ -283,11 +285,14 @@ impl SlackState {
     }
 }
 
-/// A stand-in for Slack's Web API (`chat.postMessage`, `chat.update`) at
-/// `{url}/api`. Like Slack it answers HTTP 200 with `{"ok": false, "error":
-/// CODE}` for API errors (`not_authed`, `invalid_auth`, `channel_not_found`,
-/// `no_text`, `message_not_found`, `invalid_json`, `unknown_method`) and
-/// HTTP 429 with `Retry-After` when rate limited.
+/// A stand-in for Slack's Web API (`chat.postMessage`, `chat.update`,
+/// `auth.test`) at `{url}/api`. Like Slack it answers HTTP 200 with `{"ok":
+/// false, "error": CODE}` for API errors (`not_authed`, `invalid_auth`,
+/// `channel_not_found`, `no_text`, `message_not_found`, `invalid_json`,
+/// `unknown_method`) and HTTP 429 with `Retry-After` when rate limited.
+/// `auth.test` (GET or POST, no arguments) answers who the token belongs to:
+/// `{"ok": true, "url", "team", "user", "team_id", "user_id", "bot_id",
+/// "is_enterprise_install"}`.
 pub struct SlackStandIn {
     /// The HTTP server.
     pub server: Server,
@@ -297,6 +302,18 @@ pub struct SlackStandIn {
 
 /// The id the stand-in gives `#deployments`.
 pub const DEPLOYMENTS: &str = "C0DEPLOYS01";
+/// The stand-in workspace's id, URL and name.
+pub const SLACK_TEAM_ID: &str = "T0ROLLBACK1";
+/// The stand-in workspace's URL.
+pub const SLACK_TEAM_URL: &str = "https://rollback-test.slack.com/";
+/// The stand-in workspace's name.
+pub const SLACK_TEAM: &str = "Rollback Test";
+/// The bot user the stand-in's token belongs to: name, user id, bot id.
+pub const SLACK_BOT_USER: &str = "rollback";
+/// The bot user's id.
+pub const SLACK_BOT_USER_ID: &str = "U0ROLLBACK";
+/// The bot's id.
+pub const SLACK_BOT_ID: &str = "B0ROLLBACK";
 
 fn slack_error(code: &str) -> Reply {
     Reply::json(200, json!({ "ok": false, "error": code }))
@@ -310,6 +327,7 @@ impl SlackStandIn {
             channels: HashMap::from([("deployments".to_string(), DEPLOYMENTS.to_string())]),
             next_ts: 1_700_000_000_000_100,
             retry_after_secs: 1,
+            team: SLACK_TEAM.into(),
             ..Default::default()
         }));
         let s = state.clone();
@@ -330,13 +348,33 @@ fn slack_answer(state: &mut SlackState, req: &Recorded) -> Reply {
             .header("Retry-After", &state.retry_after_secs.to_string());
     }
     let method = req.path.strip_prefix("/api/").unwrap_or("");
-    if !matches!(method, "chat.postMessage" | "chat.update") {
+    let method = method.split('?').next().unwrap_or("");
+    if !matches!(method, "chat.postMessage" | "chat.update" | "auth.test") {
         return Reply::json(404, json!({ "ok": false, "error": "unknown_method" }));
     }
     match req.header("authorization") {
         None => return slack_error("not_authed"),
         Some(h) if h != format!("Bearer {}", state.token) => return slack_error("invalid_auth"),
         Some(_) => {}
+    }
+    if method == "auth.test" {
+        // No arguments; Slack takes it as GET or POST (form or JSON body).
+        if !matches!(req.method.as_str(), "GET" | "POST") {
+            return Reply::json(405, json!({ "ok": false, "error": "method_not_allowed" }));
+        }
+        return Reply::json(
+            200,
+            json!({
+                "ok": true,
+                "url": SLACK_TEAM_URL,
+                "team": state.team,
+                "user": SLACK_BOT_USER,
+                "team_id": SLACK_TEAM_ID,
+                "user_id": SLACK_BOT_USER_ID,
+                "bot_id": SLACK_BOT_ID,
+                "is_enterprise_install": false,
+            }),
+        );
     }
     if !req
         .header("content-type")
@@ -455,6 +493,10 @@ pub struct StatuspageState {
     pub key: String,
     /// The one page id that exists.
     pub page_id: String,
+    /// That page's name.
+    pub page_name: String,
+    /// The page's components: (id, name, status).
+    pub components: Vec<(String, String, String)>,
     /// Incidents in order of creation.
     pub incidents: Vec<Incident>,
     /// Answer this many next requests with 429.
@@ -462,8 +504,9 @@ pub struct StatuspageState {
 }
 
 /// A stand-in for Atlassian Statuspage's REST API v1 at `{url}/v1`:
-/// `POST /pages/{page_id}/incidents` (201), `PATCH
-/// /pages/{page_id}/incidents/{incident_id}` (200); 401 without a valid
+/// `GET /pages/{page_id}` (200, the page), `GET /pages/{page_id}/components`
+/// (200, a list), `POST /pages/{page_id}/incidents`
+/// (201), `PATCH /pages/{page_id}/incidents/{incident_id}` (200); 401 without a valid
 /// `Authorization: OAuth <key>`, 404 for an unknown page or incident, 422 for
 /// an invalid incident, 429 with `Retry-After` when rate limited.
 pub struct StatuspageStandIn {
@@ -490,6 +533,12 @@ impl StatuspageStandIn {
         let state = Arc::new(Mutex::new(StatuspageState {
             key: key.into(),
             page_id: page_id.into(),
+            page_name: "Orders Status".into(),
+            components: vec![(
+                "8kbf7d35c070".into(),
+                "Orders API".into(),
+                "operational".into(),
+            )],
             ..Default::default()
         }));
         let s = state.clone();
@@ -521,6 +570,65 @@ fn incident_json(page_id: &str, i: &Incident) -> Value {
     })
 }
 
+/// A page as `GET /pages/{page_id}` returns it (the documented fields).
+fn page_json(state: &StatuspageState) -> Value {
+    let mut page = json!({
+        "id": state.page_id,
+        "created_at": "2024-06-01T09:00:00.000Z",
+        "updated_at": "2025-01-01T12:00:00.000Z",
+        "name": state.page_name,
+        "page_description": null,
+        "headline": null,
+        "branding": "basic",
+        "subdomain": "orders-status",
+        "domain": null,
+        "url": "https://www.example.com",
+        "support_url": null,
+        "hidden_from_search": false,
+        "allow_page_subscribers": true,
+        "allow_incident_subscribers": true,
+        "allow_email_subscribers": true,
+        "allow_sms_subscribers": false,
+        "allow_rss_atom_feeds": true,
+        "allow_webhook_subscribers": true,
+        "notifications_from_email": "noreply@example.com",
+        "notifications_email_footer": null,
+        "activity_score": 0,
+        "twitter_username": null,
+        "viewers_must_be_subscribed": false,
+        "ip_restrictions": null,
+        "city": null,
+        "state": null,
+        "country": null,
+        "time_zone": "Etc/UTC",
+    });
+    // The page's colours and images (one json! would hit the macro
+    // recursion limit).
+    let look = json!({
+        "css_body_background_color": "#ffffff",
+        "css_font_color": "#333333",
+        "css_light_font_color": "#757575",
+        "css_greens": "#2fcc66",
+        "css_yellows": "#f1c40f",
+        "css_oranges": "#e67e22",
+        "css_blues": "#3498db",
+        "css_reds": "#e74c3c",
+        "css_border_color": "#ecf0f1",
+        "css_graph_color": "#3498db",
+        "css_link_color": "#3498db",
+        "css_no_data": "#b3bac5",
+        "favicon_logo": null,
+        "transactional_logo": null,
+        "hero_cover": null,
+        "email_logo": null,
+        "twitter_logo": null,
+    });
+    if let (Value::Object(page_map), Value::Object(look)) = (&mut page, look) {
+        page_map.extend(look);
+    }
+    page
+}
+
 fn statuspage_answer(state: &mut StatuspageState, req: &Recorded) -> Reply {
     if state.rate_limit_next > 0 {
         state.rate_limit_next -= 1;
@@ -531,6 +639,40 @@ fn statuspage_answer(state: &mut StatuspageState, req: &Recorded) -> Reply {
         return Reply::json(401, json!({ "error": "Could not authenticate" }));
     }
     let parts: Vec<&str> = req.path.trim_matches('/').split('/').collect();
+    if let ["v1", "pages", page] = parts.as_slice() {
+        if *page != state.page_id {
+            return Reply::json(404, json!({ "error": "Page not found" }));
+        }
+        return match req.method.as_str() {
+            "GET" => Reply::json(200, page_json(state)),
+            _ => Reply::json(405, json!({ "error": "Method not allowed" })),
+        };
+    }
+    if let ["v1", "pages", page, "components"] = parts.as_slice() {
+        if *page != state.page_id {
+            return Reply::json(404, json!({ "error": "Page not found" }));
+        }
+        if req.method != "GET" {
+            return Reply::json(405, json!({ "error": "Method not allowed" }));
+        }
+        let list: Vec<Value> = state
+            .components
+            .iter()
+            .enumerate()
+            .map(|(n, (id, name, status))| {
+                json!({
+                    "id": id, "page_id": state.page_id, "group_id": null,
+                    "created_at": "2024-06-01T09:00:00.000Z",
+                    "updated_at": "2025-01-01T12:00:00.000Z",
+                    "group": false, "name": name, "description": null,
+                    "position": n + 1, "status": status, "showcase": true,
+                    "only_show_if_degraded": false, "automation_email": null,
+                    "start_date": null,
+                })
+            })
+            .collect();
+        return Reply::json(200, Value::Array(list));
+    }
     let (page, incident_id) = match parts.as_slice() {
         ["v1", "pages", page, "incidents"] => (*page, None),
         ["v1", "pages", page, "incidents", id] => (*page, Some(*id)),
