@@ -42,6 +42,18 @@ pub struct Cli {
     #[arg(long, global = true, env = "ROLLBACK_STATE_DIR", value_name = "DIR")]
     pub state_dir: Option<PathBuf>,
 
+    /// Journal in PostgreSQL instead of the state directory, so several
+    /// runners share one history; the plan lock is then a Postgres advisory
+    /// lock. Example: postgres://rollback@db.internal/ops
+    #[arg(
+        long,
+        global = true,
+        env = "ROLLBACK_JOURNAL",
+        value_name = "URL",
+        hide_env_values = true
+    )]
+    pub journal: Option<String>,
+
     /// Output format.
     #[arg(long, short = 'o', global = true, value_enum, default_value = "human")]
     pub output: OutputFormat,

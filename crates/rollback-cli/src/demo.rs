@@ -17,7 +17,7 @@ use tokio::process::Command;
 
 use crate::args::{OutputFormat, RunArgs};
 use crate::output::Style;
-use crate::{exit, Outcome};
+use crate::{exit, Journal, Outcome};
 
 /// The quickstart plan, embedded so the drill runs from the binary alone.
 pub const QUICKSTART_PLAN: &str = include_str!("../../../examples/quickstart/plan.yaml");
@@ -187,12 +187,12 @@ fn io_error(path: &Path) -> impl Fn(std::io::Error) -> Error + '_ {
 
 /// Sets up the repository and the service, then runs the drill.
 pub(crate) async fn quickstart(
-    state_dir: &Path,
+    journal: &Journal,
     dir: Option<PathBuf>,
     _format: OutputFormat,
 ) -> rollback_core::Result<Outcome> {
     let s = Style::stderr();
-    let dir = dir.unwrap_or_else(|| state_dir.join("quickstart"));
+    let dir = dir.unwrap_or_else(|| journal.state_dir.join("quickstart"));
     let repo = dir.join("service");
     if repo.exists() {
         std::fs::remove_dir_all(&repo).map_err(io_error(&repo))?;
@@ -270,7 +270,7 @@ pub(crate) async fn quickstart(
         approved_by: Vec::new(),
     };
     let mut outcome = crate::execute_plan(
-        state_dir,
+        journal,
         &plan,
         "quickstart drill: release v2 is unhealthy".into(),
         None,

@@ -8,7 +8,7 @@ pub mod exit;
 pub mod output;
 
 use std::io::{IsTerminal, Write};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -28,7 +28,7 @@ use crate::args::{Cli, Command, OutputFormat, PlanArgs, RunArgs};
 use crate::output::{Progress, Style};
 
 /// The kinds this build knows: core's, plus those of the adapters compiled in
-/// (cargo features `notify`, `vault`, `compose`).
+/// (cargo features `notify`, `vault`, `compose`, `db`).
 pub fn registry() -> Registry {
     #[allow(unused_mut)]
     let mut registry = Registry::with_core_kinds();
@@ -38,6 +38,8 @@ pub fn registry() -> Registry {
     rollback_vault::register(&mut registry);
     #[cfg(feature = "compose")]
     rollback_compose::register(&mut registry);
+    #[cfg(feature = "db")]
+    rollback_db::register(&mut registry);
     registry
 }
 
@@ -68,6 +70,38 @@ pub fn main() -> i32 {
     runtime.block_on(dispatch(cli))
 }
 
+/// Where runs are journaled: files in the state directory by default, or
+/// PostgreSQL (`--journal postgres://...`) so several runners share one
+/// history and one advisory lock per plan. Run artifacts (backups, reports)
+/// always stay in the local state directory.
+pub(crate) struct Journal {
+    state_dir: PathBuf,
+    store: Arc<dyn JournalStore>,
+}
+
+impl Journal {
+    async fn open(state_dir: PathBuf, url: Option<&str>) -> rollback_core::Result<Journal> {
+        let store: Arc<dyn JournalStore> = match url {
+            None => Arc::new(FileJournal::new(&state_dir)),
+            #[cfg(feature = "db")]
+            Some(url) if url.starts_with("postgres://") || url.starts_with("postgresql://") => {
+                Arc::new(rollback_db::PgJournalStore::connect(url, "rollback", &state_dir).await?)
+            }
+            Some(_) if cfg!(feature = "db") => {
+                return Err(Error::InvalidInput {
+                    message: "--journal takes a postgres:// URL (without it, runs are journaled in the state directory)".into(),
+                })
+            }
+            Some(_) => {
+                return Err(Error::InvalidInput {
+                    message: "this build has no PostgreSQL journal: build rollback with the `db` feature".into(),
+                })
+            }
+        };
+        Ok(Journal { state_dir, store })
+    }
+}
+
 /// What a command produced: a document for `--output json`, text for people,
 /// and the exit code.
 struct Outcome {
@@ -79,6 +113,13 @@ struct Outcome {
 async fn dispatch(cli: Cli) -> i32 {
     let format = cli.output;
     let state_dir = cli.state_dir.clone().unwrap_or_else(default_state_dir);
+    let journal = match Journal::open(state_dir, cli.journal.as_deref()).await {
+        Ok(j) => j,
+        Err(e) => {
+            eprintln!("{} {e}", Style::stderr().bad("error:"));
+            return exit::for_error(&e);
+        }
+    };
     let result = match cli.command {
         Command::DemoService { config, port } => return demo::serve(&config, port).await,
         Command::Validate(args) => validate(&args),
@@ -88,20 +129,20 @@ async fn dispatch(cli: Cli) -> i32 {
             reason,
             trigger,
             run,
-        } => run_plan(&state_dir, &plan, reason, trigger, &run, false, format).await,
+        } => run_plan(&journal, &plan, reason, trigger, &run, false, format).await,
         Command::Drill { plan, reason, run } => {
-            run_plan(&state_dir, &plan, reason, None, &run, true, format).await
+            run_plan(&journal, &plan, reason, None, &run, true, format).await
         }
-        Command::Resume { run_id, run } => resume(&state_dir, &run_id, &run, format).await,
-        Command::History { plan, limit } => history(&state_dir, plan.as_deref(), limit).await,
+        Command::Resume { run_id, run } => resume(&journal, &run_id, &run, format).await,
+        Command::History { plan, limit } => history(&journal, plan.as_deref(), limit).await,
         Command::Preflight {
             plan,
             drill_max_age,
             no_drill,
-        } => preflight(&state_dir, &plan, drill_max_age.map(Into::into), no_drill).await,
-        Command::Drills { plan } => drills(&state_dir, plan.as_deref()).await,
-        Command::Watch { plan, once, run } => watch(&state_dir, &plan, once, &run, format).await,
-        Command::Show { run_id } => show(&state_dir, &run_id).await,
+        } => preflight(&journal, &plan, drill_max_age.map(Into::into), no_drill).await,
+        Command::Drills { plan } => drills(&journal, plan.as_deref()).await,
+        Command::Watch { plan, once, run } => watch(&journal, &plan, once, &run, format).await,
+        Command::Show { run_id } => show(&journal, &run_id).await,
         Command::Schema => Ok(Outcome {
             json: rollback_core::schema::plan_schema(&registry()),
             text: serde_json::to_string_pretty(&rollback_core::schema::plan_schema(&registry()))
@@ -109,7 +150,7 @@ async fn dispatch(cli: Cli) -> i32 {
             code: exit::SUCCESS,
         }),
         Command::Kinds => Ok(kinds()),
-        Command::Quickstart { dir } => demo::quickstart(&state_dir, dir, format).await,
+        Command::Quickstart { dir } => demo::quickstart(&journal, dir, format).await,
     };
     match result {
         Ok(outcome) => {
@@ -336,7 +377,7 @@ fn run_options(
 
 /// Runs (or drills) a plan file, shows progress, writes drill reports.
 async fn run_plan(
-    state_dir: &Path,
+    journal: &Journal,
     args: &PlanArgs,
     reason: String,
     trigger: Option<String>,
@@ -345,26 +386,26 @@ async fn run_plan(
     _format: OutputFormat,
 ) -> rollback_core::Result<Outcome> {
     let plan = load(args)?;
-    execute_plan(state_dir, &plan, reason, trigger, run, drill).await
+    execute_plan(journal, &plan, reason, trigger, run, drill).await
 }
 
 /// Runs (or drills) a loaded plan.
 async fn execute_plan(
-    state_dir: &Path,
+    journal: &Journal,
     plan: &Plan,
     reason: String,
     trigger: Option<String>,
     run: &RunArgs,
     drill: bool,
 ) -> rollback_core::Result<Outcome> {
-    let executor = Executor::new(Arc::new(FileJournal::new(state_dir)));
+    let executor = Executor::new(journal.store.clone());
     let progress = Progress::new(plan.budget);
     let mut options = run_options(run, reason, &progress)?;
     options.trigger = trigger;
     options.drill = drill;
     let ticker = progress.spawn_ticker();
     let result = executor.run(plan, options).await;
-    finish_run(&executor, &progress, ticker, plan, result, drill, state_dir).await
+    finish_run(&executor, &progress, ticker, plan, result, drill, journal).await
 }
 
 async fn finish_run(
@@ -374,7 +415,7 @@ async fn finish_run(
     plan: &Plan,
     result: rollback_core::Result<RunReport>,
     drill: bool,
-    state_dir: &Path,
+    journal: &Journal,
 ) -> rollback_core::Result<Outcome> {
     if let Some(t) = ticker {
         t.abort();
@@ -395,7 +436,7 @@ async fn finish_run(
     let mut json = to_json(&report);
     let mut code = exit::for_report(&report);
     if drill {
-        let dir = state_dir.join("runs").join(&report.run.run_id);
+        let dir = journal.store.run_dir(&report.run.run_id);
         let files = report
             .write_drill_files(&dir)
             .map_err(|source| Error::Journal {
@@ -430,13 +471,13 @@ async fn finish_run(
 }
 
 async fn resume(
-    state_dir: &Path,
+    journal: &Journal,
     run_id: &str,
     run: &RunArgs,
     _format: OutputFormat,
 ) -> rollback_core::Result<Outcome> {
-    let store = FileJournal::new(state_dir);
-    let run_id = rollback_core::journal::resolve_run_id(&store, run_id, true).await?;
+    let store = journal.store.clone();
+    let run_id = rollback_core::journal::resolve_run_id(store.as_ref(), run_id, true).await?;
     let stored = store.read(&run_id).await?;
     let file = format!(
         "{} (as recorded in run {run_id})",
@@ -449,7 +490,7 @@ async fn resume(
     // The plan as it was when the run started; vars as they were then.
     let mut plan = Plan::from_yaml(&stored.plan_text, &file, &registry(), &stored.info.vars)?;
     plan.source.path = stored.info.plan_path.as_ref().map(PathBuf::from);
-    let executor = Executor::new(Arc::new(store));
+    let executor = Executor::new(store.clone());
     let progress = Progress::new(plan.budget);
     let mut options = run_options(run, stored.info.reason.clone(), &progress)?;
     options.drill = stored.info.drill;
@@ -462,17 +503,17 @@ async fn resume(
         &plan,
         result,
         stored.info.drill,
-        state_dir,
+        journal,
     )
     .await
 }
 
 async fn history(
-    state_dir: &Path,
+    journal: &Journal,
     plan: Option<&str>,
     limit: usize,
 ) -> rollback_core::Result<Outcome> {
-    let store = FileJournal::new(state_dir);
+    let store = journal.store.clone();
     let mut runs = store.list().await?;
     if let Some(p) = plan {
         runs.retain(|r| r.plan == p);
@@ -485,9 +526,9 @@ async fn history(
     })
 }
 
-async fn show(state_dir: &Path, run_id: &str) -> rollback_core::Result<Outcome> {
-    let store = FileJournal::new(state_dir);
-    let run_id = rollback_core::journal::resolve_run_id(&store, run_id, false).await?;
+async fn show(journal: &Journal, run_id: &str) -> rollback_core::Result<Outcome> {
+    let store = journal.store.clone();
+    let run_id = rollback_core::journal::resolve_run_id(store.as_ref(), run_id, false).await?;
     let stored = store.read(&run_id).await?;
     let report = RunReport::from_stored(&stored).ok_or_else(|| Error::InvalidInput {
         message: format!("run {run_id} has an empty journal"),
@@ -541,18 +582,18 @@ fn kinds() -> Outcome {
 }
 
 async fn preflight(
-    state_dir: &Path,
+    journal: &Journal,
     args: &PlanArgs,
     drill_max_age: Option<Duration>,
     no_drill: bool,
 ) -> rollback_core::Result<Outcome> {
     let plan = load(args)?;
-    let store = FileJournal::new(state_dir);
+    let store = journal.store.clone();
     let options = rollback_core::preflight::PreflightOptions {
         skip_drill: no_drill,
         drill_max_age,
     };
-    let report = rollback_core::preflight::preflight(&plan, &store, &options).await;
+    let report = rollback_core::preflight::preflight(&plan, store.as_ref(), &options).await;
     let s = Style::stdout();
     let mut text = format!(
         "Preflight of plan {} ({})\n",
@@ -606,8 +647,8 @@ struct DrillLine {
     digest: String,
 }
 
-async fn drills(state_dir: &Path, plan: Option<&str>) -> rollback_core::Result<Outcome> {
-    let store = FileJournal::new(state_dir);
+async fn drills(journal: &Journal, plan: Option<&str>) -> rollback_core::Result<Outcome> {
+    let store = journal.store.clone();
     let mut lines = Vec::new();
     for run in store
         .list()
@@ -724,7 +765,7 @@ fn render_tick(tick: &rollback_core::watch::Tick) -> String {
 }
 
 async fn watch(
-    state_dir: &Path,
+    journal: &Journal,
     args: &PlanArgs,
     once: bool,
     run: &RunArgs,
@@ -738,8 +779,8 @@ async fn watch(
     }
     // Bad run flags are reported now, not when a trigger fires.
     approved_by(run)?;
-    let executor = Executor::new(Arc::new(FileJournal::new(state_dir)));
-    let mut watcher = rollback_core::watch::Watcher::open(state_dir, &plan)?;
+    let executor = Executor::new(journal.store.clone());
+    let mut watcher = rollback_core::watch::Watcher::open(&journal.state_dir, &plan)?;
     let stop = CancellationToken::new();
     if !once {
         let stop = stop.clone();
