@@ -54,6 +54,17 @@ pub struct Cli {
     )]
     pub journal: Option<String>,
 
+    /// Take plan locks as Kubernetes Leases in this namespace (in-cluster
+    /// config when run as a Job, else the kubeconfig), so runners in
+    /// different pods or machines exclude each other.
+    #[arg(
+        long,
+        global = true,
+        env = "ROLLBACK_LEASE_NAMESPACE",
+        value_name = "NAMESPACE"
+    )]
+    pub lease_namespace: Option<String>,
+
     /// Output format.
     #[arg(long, short = 'o', global = true, value_enum, default_value = "human")]
     pub output: OutputFormat,

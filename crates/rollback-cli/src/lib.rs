@@ -28,7 +28,7 @@ use crate::args::{Cli, Command, OutputFormat, PlanArgs, RunArgs};
 use crate::output::{Progress, Style};
 
 /// The kinds this build knows: core's, plus those of the adapters compiled in
-/// (cargo features `notify`, `vault`, `compose`, `db`).
+/// (cargo features `notify`, `vault`, `compose`, `db`, `k8s`).
 pub fn registry() -> Registry {
     #[allow(unused_mut)]
     let mut registry = Registry::with_core_kinds();
@@ -40,6 +40,8 @@ pub fn registry() -> Registry {
     rollback_compose::register(&mut registry);
     #[cfg(feature = "db")]
     rollback_db::register(&mut registry);
+    #[cfg(feature = "k8s")]
+    rollback_k8s::register(&mut registry);
     registry
 }
 
@@ -77,10 +79,64 @@ pub fn main() -> i32 {
 pub(crate) struct Journal {
     state_dir: PathBuf,
     store: Arc<dyn JournalStore>,
+    /// Plan locks from elsewhere than the store (a Kubernetes Lease).
+    locker: Option<Arc<dyn rollback_core::PlanLocker>>,
 }
 
 impl Journal {
-    async fn open(state_dir: PathBuf, url: Option<&str>) -> rollback_core::Result<Journal> {
+    /// An executor on this journal, with its plan locks.
+    fn executor(&self) -> Executor {
+        let executor = Executor::new(self.store.clone());
+        match &self.locker {
+            Some(locker) => executor.with_locker(locker.clone()),
+            None => executor,
+        }
+    }
+
+    /// Plan locks as Leases in `namespace` (in a cluster: the Job's own
+    /// namespace), so runners in different pods exclude each other.
+    #[cfg(feature = "k8s")]
+    async fn lease_locker(
+        state_dir: &std::path::Path,
+        namespace: &str,
+    ) -> rollback_core::Result<Arc<dyn rollback_core::PlanLocker>> {
+        let target = rollback_k8s::Target {
+            kubeconfig: None,
+            context: None,
+            namespace: Some(namespace.to_string()),
+        };
+        let ctx = rollback_core::StepContext::standalone("plan-lock", state_dir);
+        let conn = target
+            .connect(&ctx)
+            .await
+            .map_err(|e| Error::InvalidInput {
+                message: format!(
+                    "--lease-namespace {namespace}: cannot reach the Kubernetes API: {}",
+                    e.full_message()
+                ),
+            })?;
+        Ok(Arc::new(rollback_k8s::LeaseLocker::new(
+            conn,
+            Duration::from_secs(30),
+        )))
+    }
+
+    async fn open(
+        state_dir: PathBuf,
+        url: Option<&str>,
+        lease_namespace: Option<&str>,
+    ) -> rollback_core::Result<Journal> {
+        let locker: Option<Arc<dyn rollback_core::PlanLocker>> = match lease_namespace {
+            None => None,
+            #[cfg(feature = "k8s")]
+            Some(ns) => Some(Self::lease_locker(&state_dir, ns).await?),
+            #[cfg(not(feature = "k8s"))]
+            Some(_) => return Err(Error::InvalidInput {
+                message:
+                    "this build has no Kubernetes support: build rollback with the `k8s` feature"
+                        .into(),
+            }),
+        };
         let store: Arc<dyn JournalStore> = match url {
             None => Arc::new(FileJournal::new(&state_dir)),
             #[cfg(feature = "db")]
@@ -98,7 +154,11 @@ impl Journal {
                 })
             }
         };
-        Ok(Journal { state_dir, store })
+        Ok(Journal {
+            state_dir,
+            store,
+            locker,
+        })
     }
 }
 
@@ -113,7 +173,13 @@ struct Outcome {
 async fn dispatch(cli: Cli) -> i32 {
     let format = cli.output;
     let state_dir = cli.state_dir.clone().unwrap_or_else(default_state_dir);
-    let journal = match Journal::open(state_dir, cli.journal.as_deref()).await {
+    let journal = match Journal::open(
+        state_dir,
+        cli.journal.as_deref(),
+        cli.lease_namespace.as_deref(),
+    )
+    .await
+    {
         Ok(j) => j,
         Err(e) => {
             eprintln!("{} {e}", Style::stderr().bad("error:"));
@@ -398,7 +464,7 @@ async fn execute_plan(
     run: &RunArgs,
     drill: bool,
 ) -> rollback_core::Result<Outcome> {
-    let executor = Executor::new(journal.store.clone());
+    let executor = journal.executor();
     let progress = Progress::new(plan.budget);
     let mut options = run_options(run, reason, &progress)?;
     options.trigger = trigger;
@@ -490,7 +556,7 @@ async fn resume(
     // The plan as it was when the run started; vars as they were then.
     let mut plan = Plan::from_yaml(&stored.plan_text, &file, &registry(), &stored.info.vars)?;
     plan.source.path = stored.info.plan_path.as_ref().map(PathBuf::from);
-    let executor = Executor::new(store.clone());
+    let executor = journal.executor();
     let progress = Progress::new(plan.budget);
     let mut options = run_options(run, stored.info.reason.clone(), &progress)?;
     options.drill = stored.info.drill;
@@ -779,7 +845,7 @@ async fn watch(
     }
     // Bad run flags are reported now, not when a trigger fires.
     approved_by(run)?;
-    let executor = Executor::new(journal.store.clone());
+    let executor = journal.executor();
     let mut watcher = rollback_core::watch::Watcher::open(&journal.state_dir, &plan)?;
     let stop = CancellationToken::new();
     if !once {

@@ -1,0 +1,461 @@
+//! `k8s.switch_selector`: the blue-green switch. Before patching the Service,
+//! the pods under the new selector must be ready; after it, the Service's
+//! Endpoints must list exactly them.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use futures::TryStreamExt;
+use k8s_openapi::api::core::v1::{Endpoints, Pod, Service};
+use kube::api::{Api, ListParams, Patch, PatchParams};
+use kube::runtime::{watcher, WatchStreamExt};
+use rollback_core::{
+    ConfigError, HumanDuration, OutputNames, Outputs, Preview, Step, StepContext, StepError,
+};
+use serde_json::json;
+
+use crate::client::{api_error, is_conflict, k8s_config, Conn};
+use crate::event::{self, Regarding};
+
+fn default_min_ready() -> u32 {
+    1
+}
+
+fn default_endpoint_timeout() -> HumanDuration {
+    HumanDuration(Duration::from_secs(30))
+}
+
+k8s_config! {
+    /// Configuration of `k8s.switch_selector`.
+    pub struct SwitchSelectorConfig {
+        /// The Service to switch.
+        pub service: String,
+        /// Labels to set in the Service's selector, e.g. `{version: blue}`.
+        /// Merged into the current selector like `kubectl patch -p
+        /// '{"spec":{"selector":{...}}}'` does, unless `replace` is set.
+        pub selector: BTreeMap<String, String>,
+        /// Replace the whole selector instead of merging into it.
+        #[serde(default)]
+        pub replace: bool,
+        /// Pods under the new selector that must be ready before the switch
+        /// (default 1); every non-terminating one must be ready in any case.
+        #[serde(default = "default_min_ready")]
+        pub min_ready: u32,
+        /// How long the Endpoints may take to list the new pods (default `30s`).
+        #[serde(default = "default_endpoint_timeout")]
+        pub timeout: HumanDuration,
+    }
+}
+
+/// A selector in label-selector syntax.
+pub fn selector_text(selector: &BTreeMap<String, String>) -> String {
+    selector
+        .iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+fn is_ready(pod: &Pod) -> bool {
+    pod.status
+        .as_ref()
+        .and_then(|s| s.conditions.as_ref())
+        .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
+}
+
+fn pod_ip(pod: &Pod) -> Option<String> {
+    pod.status.as_ref()?.pod_ip.clone()
+}
+
+/// Active (non-terminating) pods matching `selector`.
+async fn pods_under(
+    conn: &Conn,
+    selector: &BTreeMap<String, String>,
+) -> Result<Vec<Pod>, StepError> {
+    let api: Api<Pod> = Api::namespaced(conn.client.clone(), &conn.namespace);
+    let list = api
+        .list(&ListParams::default().labels(&selector_text(selector)))
+        .await
+        .map_err(|e| api_error(&format!("listing pods with {}", selector_text(selector)), e))?;
+    Ok(list
+        .items
+        .into_iter()
+        .filter(|p| p.metadata.deletion_timestamp.is_none())
+        .collect())
+}
+
+/// The result of a switch.
+#[derive(Debug, Clone)]
+pub struct Switched {
+    /// The selector before.
+    pub previous: BTreeMap<String, String>,
+    /// The selector after.
+    pub selector: BTreeMap<String, String>,
+    /// Whether the Service was patched (false: it already had the selector).
+    pub changed: bool,
+    /// Ready endpoint IPs after the switch.
+    pub endpoints: Vec<String>,
+    /// Conflicting writes that were retried.
+    pub conflicts: u32,
+}
+
+/// Switches a Service's selector safely: checks the target pods are ready,
+/// patches with a resourceVersion guard (retrying on conflict), then waits
+/// (by watch) until the Endpoints list the target pods and none of the pods
+/// left behind.
+pub async fn switch_service(
+    conn: &Conn,
+    ctx: &StepContext,
+    service: &str,
+    labels: &BTreeMap<String, String>,
+    replace: bool,
+    min_ready: u32,
+    timeout: Duration,
+) -> Result<Switched, StepError> {
+    let api: Api<Service> = Api::namespaced(conn.client.clone(), &conn.namespace);
+    let mut conflicts = 0;
+    let mut watch = EndpointsWatch::start(conn, service);
+    loop {
+        let svc = api
+            .get(service)
+            .await
+            .map_err(|e| api_error(&format!("reading service/{service}"), e))?;
+        let previous: BTreeMap<String, String> = svc
+            .spec
+            .as_ref()
+            .and_then(|s| s.selector.clone())
+            .unwrap_or_default();
+        let mut selector = if replace {
+            BTreeMap::new()
+        } else {
+            previous.clone()
+        };
+        selector.extend(labels.clone());
+
+        let changed = selector != previous;
+        // The target pods, and the pods only the old selector chose (they
+        // must leave the endpoints), read at once.
+        let (target, before) = futures::try_join!(pods_under(conn, &selector), async {
+            if changed {
+                pods_under(conn, &previous).await
+            } else {
+                Ok(Vec::new())
+            }
+        })?;
+        let not_ready: Vec<String> = target
+            .iter()
+            .filter(|p| !is_ready(p) || pod_ip(p).is_none())
+            .filter_map(|p| p.metadata.name.clone())
+            .collect();
+        let ready: BTreeSet<String> = target
+            .iter()
+            .filter(|p| is_ready(p))
+            .filter_map(pod_ip)
+            .collect();
+        if !not_ready.is_empty() || (ready.len() as u32) < min_ready {
+            return Err(StepError::fatal(format!(
+                "refusing to switch service/{service} to {}: {} of {} pods under it are ready (need all, at least \
+                 {min_ready}){}; fix or wait for the target pods, or roll back the target deployment first",
+                selector_text(&selector),
+                ready.len(),
+                target.len(),
+                if not_ready.is_empty() { String::new() } else { format!("; not ready: {}", not_ready.join(", ")) }
+            )));
+        }
+        let mut uid = svc.metadata.uid.clone();
+        if changed {
+            let patch: json_patch::Patch = serde_json::from_value(json!([
+                {"op": "test", "path": "/metadata/resourceVersion", "value": svc.metadata.resource_version},
+                {"op": if previous.is_empty() { "add" } else { "replace" }, "path": "/spec/selector", "value": selector},
+            ]))
+            .expect("a JSON patch");
+            match api
+                .patch(service, &PatchParams::default(), &Patch::Json::<()>(patch))
+                .await
+            {
+                Ok(s) => uid = s.metadata.uid,
+                Err(e) if is_conflict(&e) && conflicts < 5 => {
+                    conflicts += 1;
+                    continue;
+                }
+                Err(e) => return Err(api_error(&format!("patching service/{service}"), e)),
+            }
+        }
+        let left_behind: BTreeSet<String> = before
+            .iter()
+            .filter_map(pod_ip)
+            .filter(|ip| !ready.contains(ip))
+            .collect();
+        // The Event is recorded while the endpoints controller does its work.
+        let note = format!(
+            "traffic switched from {} to {}",
+            selector_text(&previous),
+            selector_text(&selector)
+        );
+        let (endpoints, ()) = tokio::join!(
+            wait_endpoints(&mut watch, ctx, service, &ready, &left_behind, timeout),
+            async {
+                if changed {
+                    event::record(
+                        conn,
+                        ctx,
+                        Regarding {
+                            api_version: "v1",
+                            kind: "Service",
+                            name: service,
+                            uid: uid.as_deref(),
+                        },
+                        "SelectorSwitched",
+                        "Rollback",
+                        &note,
+                    )
+                    .await;
+                }
+            }
+        );
+        let endpoints = endpoints?;
+        return Ok(Switched {
+            previous,
+            selector,
+            changed,
+            endpoints,
+            conflicts,
+        });
+    }
+}
+
+/// Ready addresses of an Endpoints object.
+pub fn ready_addresses(ep: &Endpoints) -> BTreeSet<String> {
+    ep.subsets
+        .iter()
+        .flatten()
+        .flat_map(|s| s.addresses.iter().flatten())
+        .map(|a| a.ip.clone())
+        .collect()
+}
+
+/// A watch on one Endpoints object, started ahead of the patch so that its
+/// connection and initial list are off the critical path; aborted on drop.
+struct EndpointsWatch {
+    rx: tokio::sync::watch::Receiver<Option<Endpoints>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for EndpointsWatch {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl EndpointsWatch {
+    fn start(conn: &Conn, service: &str) -> Self {
+        let api: Api<Endpoints> = Api::namespaced(conn.client.clone(), &conn.namespace);
+        let fields = format!("metadata.name={service}");
+        let (tx, rx) = tokio::sync::watch::channel(None);
+        let task = tokio::spawn(async move {
+            let stream = watcher(api, watcher::Config::default().fields(&fields))
+                .default_backoff()
+                .applied_objects();
+            futures::pin_mut!(stream);
+            // default_backoff retries transient errors; keep the last object.
+            while let Ok(Some(ep)) = stream.try_next().await {
+                if tx.send(Some(ep)).is_err() {
+                    return;
+                }
+            }
+        });
+        EndpointsWatch { rx, task }
+    }
+}
+
+async fn wait_endpoints(
+    watch: &mut EndpointsWatch,
+    ctx: &StepContext,
+    service: &str,
+    want: &BTreeSet<String>,
+    gone: &BTreeSet<String>,
+    timeout: Duration,
+) -> Result<Vec<String>, StepError> {
+    let timeout = ctx.remaining().map_or(timeout, |r| r.min(timeout));
+    let sleep = tokio::time::sleep(timeout);
+    tokio::pin!(sleep);
+    let mut seen = BTreeSet::new();
+    loop {
+        if let Some(ep) = watch.rx.borrow_and_update().as_ref() {
+            seen = ready_addresses(ep);
+            if want.is_subset(&seen) && seen.is_disjoint(gone) {
+                return Ok(seen.into_iter().collect());
+            }
+        }
+        tokio::select! {
+            _ = &mut sleep => return Err(StepError::fatal(format!(
+                "the selector of service/{service} is switched, but after {}s its endpoints list [{}] instead of \
+                 [{}]: check the endpoints controller (kube-controller-manager) and the pods' readiness",
+                timeout.as_secs(),
+                seen.iter().cloned().collect::<Vec<_>>().join(", "),
+                want.iter().cloned().collect::<Vec<_>>().join(", "),
+            ))),
+            _ = ctx.cancellation().cancelled() => return Err(StepError::fatal(format!(
+                "cancelled while waiting for the endpoints of service/{service}"
+            ))),
+            changed = watch.rx.changed() => if changed.is_err() {
+                return Err(StepError::retryable(format!("the watch on endpoints/{service} ended")));
+            }
+        }
+    }
+}
+
+/// The `k8s.switch_selector` step.
+#[derive(Debug)]
+pub struct SwitchSelector {
+    config: SwitchSelectorConfig,
+}
+
+impl SwitchSelector {
+    /// Checks the configuration.
+    pub fn new(config: SwitchSelectorConfig) -> Result<Self, ConfigError> {
+        if config.service.trim().is_empty() {
+            return Err(ConfigError::field("service", "name the Service to switch"));
+        }
+        if config.selector.is_empty() {
+            return Err(ConfigError::field(
+                "selector",
+                "give the labels to switch to, e.g. `selector: {version: blue}`",
+            ));
+        }
+        Ok(SwitchSelector { config })
+    }
+
+    fn resolved_selector(&self, ctx: &StepContext) -> Result<BTreeMap<String, String>, StepError> {
+        self.config
+            .selector
+            .iter()
+            .map(|(k, v)| Ok((ctx.resolve(k)?, ctx.resolve(v)?)))
+            .collect()
+    }
+}
+
+fn outputs_of(s: &Switched) -> Outputs {
+    let mut out = Outputs::new();
+    out.insert("previous_selector".into(), json!(s.previous));
+    out.insert("selector".into(), json!(s.selector));
+    out.insert("changed".into(), json!(s.changed));
+    out.insert("endpoints".into(), json!(s.endpoints));
+    out.insert("conflicts_retried".into(), json!(s.conflicts));
+    out
+}
+
+#[async_trait]
+impl Step for SwitchSelector {
+    fn describe(&self) -> String {
+        format!(
+            "switch service/{} to {}",
+            self.config.service,
+            selector_text(&self.config.selector)
+        )
+    }
+
+    fn outputs(&self) -> OutputNames {
+        OutputNames::Fixed(&[
+            "previous_selector",
+            "selector",
+            "changed",
+            "endpoints",
+            "conflicts_retried",
+        ])
+    }
+
+    async fn preview(&self, ctx: &StepContext) -> Result<Preview, StepError> {
+        let conn = self.config.target().connect(ctx).await?;
+        let name = ctx.resolve(&self.config.service)?;
+        let svc = Api::<Service>::namespaced(conn.client.clone(), &conn.namespace)
+            .get(&name)
+            .await
+            .map_err(|e| api_error(&format!("reading service/{name}"), e))?;
+        let previous = svc.spec.and_then(|s| s.selector).unwrap_or_default();
+        let mut selector = if self.config.replace {
+            BTreeMap::new()
+        } else {
+            previous.clone()
+        };
+        selector.extend(self.resolved_selector(ctx)?);
+        let pods = pods_under(&conn, &selector).await?;
+        let ready = pods.iter().filter(|p| is_ready(p)).count();
+        let summary = format!(
+            "switch service/{name} in {} from {} to {} ({ready} of {} target pods ready)",
+            conn.namespace,
+            selector_text(&previous),
+            selector_text(&selector),
+            pods.len()
+        );
+        let changes = if selector == previous {
+            vec![]
+        } else {
+            vec![format!(
+                "spec.selector: {} -> {}",
+                selector_text(&previous),
+                selector_text(&selector)
+            )]
+        };
+        Ok(Preview::new(summary, changes))
+    }
+
+    async fn run(&self, ctx: &StepContext) -> Result<Outputs, StepError> {
+        let conn = self.config.target().connect(ctx).await?;
+        let name = ctx.resolve(&self.config.service)?;
+        let labels = self.resolved_selector(ctx)?;
+        let mut done = switch_service(
+            &conn,
+            ctx,
+            &name,
+            &labels,
+            self.config.replace,
+            self.config.min_ready,
+            self.config.timeout.0,
+        )
+        .await?;
+        // A re-run after a crash finds the selector already switched: keep the
+        // selector from before the first attempt, so undo goes back there.
+        let intent = ctx
+            .artifact_dir()
+            .ok()
+            .map(|d| d.join("previous_selector.json"));
+        if let Some(path) = &intent {
+            if done.changed {
+                let _ =
+                    std::fs::write(path, serde_json::to_vec(&done.previous).unwrap_or_default());
+            } else if let Ok(bytes) = std::fs::read(path) {
+                if let Ok(prev) = serde_json::from_slice(&bytes) {
+                    done.previous = prev;
+                }
+            }
+        }
+        Ok(outputs_of(&done))
+    }
+
+    fn can_undo(&self) -> bool {
+        true
+    }
+
+    async fn undo(&self, ctx: &StepContext, outputs: &Outputs) -> Result<(), StepError> {
+        let previous: BTreeMap<String, String> = outputs
+            .get("previous_selector")
+            .cloned()
+            .map(serde_json::from_value)
+            .transpose()
+            .map_err(|e| {
+                StepError::fatal(format!("the recorded previous selector is unreadable: {e}"))
+            })?
+            .ok_or_else(|| StepError::fatal("the switch recorded no previous selector"))?;
+        if previous.is_empty() {
+            return Err(StepError::fatal(
+                "the Service had no selector before the switch; nothing to go back to",
+            ));
+        }
+        let conn = self.config.target().connect(ctx).await?;
+        let name = ctx.resolve(&self.config.service)?;
+        switch_service(&conn, ctx, &name, &previous, true, 0, self.config.timeout.0).await?;
+        Ok(())
+    }
+}
