@@ -17,4 +17,4 @@ for env_script in scripts/testenv/*.sh; do
     source "$ROLLBACK_TESTENV_DIR/$name.env"
 done
 
-cargo test --workspace --locked
+cargo test --workspace --locked --no-fail-fast

@@ -415,6 +415,8 @@ fn install_ctrl_c(cancel: CancellationToken) {
         if tokio::signal::ctrl_c().await.is_ok() {
             cancel.cancel();
             if tokio::signal::ctrl_c().await.is_ok() {
+                // Exiting skips destructors: end the steps' programs first.
+                rollback_core::kinds::exec::end_running_programs();
                 eprintln!("\ninterrupted; the journal is consistent: continue with `rollback resume last`");
                 std::process::exit(exit::CANCELLED);
             }
@@ -487,7 +489,7 @@ async fn finish_run(
         t.abort();
     }
     progress.finish();
-    let report = result?;
+    let mut report = result?;
     // Give notifications still in flight a bounded chance to arrive.
     let notify_wait = plan
         .notify
@@ -498,6 +500,15 @@ async fn finish_run(
     executor
         .flush_notifications(notify_wait.min(Duration::from_secs(30)))
         .await;
+    // Notifiers journal their failures after the run's last record: read
+    // them back so that this output shows them, as `rollback show` would.
+    if !plan.notify.is_empty() {
+        if let Ok(stored) = journal.store.read(&report.run.run_id).await {
+            if let Some(fresh) = RunReport::from_stored(&stored) {
+                report.notification_failures = fresh.notification_failures;
+            }
+        }
+    }
     let mut text = output::render_report(&report);
     let mut json = to_json(&report);
     let mut code = exit::for_report(&report);

@@ -692,6 +692,35 @@ fn watch_once_from_cron_runs_the_plan_after_for_and_not_again_within_cooldown() 
     assert!(out.stderr.contains("violated for"), "{}", out.stderr);
     assert_eq!(runs_logged(&ran), 1, "ran again within the cooldown");
     assert_eq!(sb.history().len(), 1);
+
+    // A second watcher whose state never saw the firing (another cron line,
+    // another host sharing the journal): the journal's triggered run keeps
+    // it cooling down.
+    let mut forgetful: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&state).expect("read state")).expect("JSON");
+    forgetful["last_fired"] = serde_json::Value::Null;
+    forgetful["last_run"] = serde_json::Value::Null;
+    std::fs::write(&state, forgetful.to_string()).expect("write state");
+    let t1 = Instant::now();
+    loop {
+        let tick = watch_once(&sb, &plan);
+        assert!(tick["fired"].is_null(), "fired again within the cooldown: {tick:#}");
+        if tick["rules"][0]["violating_for_ms"].as_u64().is_some_and(|ms| ms >= 1000) {
+            assert!(tick["cooling_down_until"].is_string(), "{tick:#}");
+            break;
+        }
+        assert!(t1.elapsed() < WAIT, "the rule did not hold again: {tick:#}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert_eq!(runs_logged(&ran), 1, "ran again within the cooldown");
+
+    // A damaged state is reported, never silently reset (that would forget
+    // the cooldown).
+    std::fs::write(&state, "{ not json").expect("damage state");
+    let out = sb.run(["watch", s(&plan), "--once"]);
+    assert_ne!(out.code, 0, "{}", out.stderr);
+    assert!(out.stderr.contains("watch state is not valid"), "{}", out.stderr);
+    assert_eq!(runs_logged(&ran), 1);
 }
 
 #[test]

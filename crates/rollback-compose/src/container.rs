@@ -249,7 +249,7 @@ pub async fn wait_for(
                 )));
             }
             _ = ctx.cancellation().cancelled() => {
-                return Err(StepError::fatal(
+                return Err(StepError::interrupted(
                     "interrupted while waiting for the containers to become healthy; `rollback resume` continues",
                 ));
             }

@@ -329,12 +329,29 @@ impl Event {
         "run_finished",
     ];
 
+    /// The step this event is about, if it is about one.
+    pub fn step_id(&self) -> Option<&str> {
+        match self {
+            Event::StepStarted { step, .. }
+            | Event::StepProgress { step, .. }
+            | Event::StepRetrying { step, .. }
+            | Event::StepFinished { step, .. }
+            | Event::StepSkipped { step, .. }
+            | Event::UndoStarted { step, .. }
+            | Event::UndoFinished { step, .. }
+            | Event::Approved { step, .. } => Some(step),
+            _ => None,
+        }
+    }
+
     /// Every notification class this event belongs to: a failed step is both
     /// `step_finished` and `step_failed`, so a notifier that follows progress
     /// and one that wants only failures each get it once.
     pub fn notification_classes(&self) -> Vec<&'static str> {
         match self {
-            Event::StepFinished { outcome, .. } if *outcome != Outcome::Succeeded => {
+            Event::StepFinished { outcome, .. }
+                if !matches!(outcome, Outcome::Succeeded | Outcome::Interrupted) =>
+            {
                 vec!["step_finished", "step_failed"]
             }
             Event::StepFinished { .. } => vec!["step_finished"],
@@ -352,7 +369,9 @@ impl Event {
     pub fn notification_class(&self) -> Option<&'static str> {
         match self {
             Event::RunStarted { .. } => Some("run_started"),
-            Event::StepFinished { outcome, .. } if *outcome != Outcome::Succeeded => {
+            Event::StepFinished { outcome, .. }
+                if !matches!(outcome, Outcome::Succeeded | Outcome::Interrupted) =>
+            {
                 Some("step_failed")
             }
             Event::CheckFinished { passed: false, .. } => Some("verification_failed"),

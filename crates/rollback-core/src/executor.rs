@@ -177,15 +177,28 @@ struct Bus {
     approved_roles: tokio::sync::Mutex<HashSet<String>>,
 }
 
+/// The event with every known secret replaced. Fails closed: an event that
+/// cannot be rebuilt after redaction is replaced by a note saying so, never
+/// passed on as it was. (A withheld step record only makes `resume` run that
+/// idempotent step again.)
+fn redact_event(resolver: &Resolver, event: Event) -> Event {
+    let withheld = |step: String| Event::StepProgress {
+        step,
+        message: "a record was withheld: it could not be redacted".into(),
+    };
+    let step = event.step_id().unwrap_or("run").to_string();
+    match serde_json::to_value(&event) {
+        Ok(v) => serde_json::from_value(resolver.redact_value(&v)).unwrap_or_else(|_| withheld(step)),
+        Err(_) => withheld(step),
+    }
+}
+
 impl Bus {
     /// Records, shows and announces an event, in that order of queuing.
     fn queue(&self, event: Event) {
         // Everything leaving the engine passes here: redact it once, whole.
         let event = if self.resolver.has_secrets() {
-            match serde_json::to_value(&event) {
-                Ok(v) => serde_json::from_value(self.resolver.redact_value(&v)).unwrap_or(event),
-                Err(_) => event,
-            }
+            redact_event(&self.resolver, event)
         } else {
             event
         };
@@ -386,7 +399,7 @@ impl Executor {
             since: started_at,
             run_id: run_id.clone(),
         };
-        let _lock = match &self.locker {
+        let lock = match &self.locker {
             Some(locker) => locker.lock(&plan.name, &holder).await?,
             None => self.store.lock(&plan.name, &holder).await?,
         };
@@ -562,6 +575,7 @@ impl Executor {
         })
         .await?;
         bus.close_notifiers();
+        lock.release().await;
         let records = bus.records.lock().expect("records").clone();
         Ok(RunReport::from_records(&records).expect("run records start with run_started"))
     }
@@ -962,6 +976,9 @@ async fn execute_step(
         };
         match result {
             Ok(outputs) => break (Outcome::Succeeded, outputs, None),
+            Err((_, error)) if error.is_interrupted() => {
+                break (Outcome::Interrupted, Outputs::new(), Some(error.full_message()));
+            }
             Err((outcome, error)) => {
                 let delay = policy.delay(attempt, &error).filter(|d| {
                     // No retry that would start after the budget runs out.
@@ -977,12 +994,20 @@ async fn execute_step(
                         bus.queue(Event::StepRetrying {
                             step: step.id.clone(),
                             attempt,
-                            error: message,
+                            error: message.clone(),
                             delay_ms: millis(delay),
                         });
                         tokio::select! {
                             _ = tokio::time::sleep(delay) => {}
-                            _ = ctx.cancel.cancelled() => {}
+                            _ = ctx.cancel.cancelled() => {
+                                // Cancelled while waiting to retry: stop here, so
+                                // `resume` makes the next attempt.
+                                break (
+                                    Outcome::Interrupted,
+                                    Outputs::new(),
+                                    Some(format!("{message}\nnot retried: the run was cancelled")),
+                                );
+                            }
                         }
                         attempt += 1;
                     }

@@ -167,7 +167,14 @@ pub trait RunJournal: Send + Sync {
 }
 
 /// Held while a run of a plan is active; dropping it releases the lock.
-pub trait PlanLockGuard: Send + Sync {}
+#[async_trait]
+pub trait PlanLockGuard: Send + Sync {
+    /// Releases the lock and waits until that is done. Dropping the guard
+    /// releases it too, but a lock that lives on a server (a Kubernetes
+    /// Lease) may then be released in the background, too late if the
+    /// process exits right after the run.
+    async fn release(self: Box<Self>) {}
+}
 
 /// Mutual exclusion between runs of the same plan, when it must come from a
 /// shared system (a Kubernetes Lease, a Postgres advisory lock) rather than the

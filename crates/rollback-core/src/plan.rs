@@ -549,6 +549,14 @@ struct Loader<'a> {
     declared_steps: HashSet<String>,
 }
 
+/// Whether `text` holds a `${...}` reference (`$${` is a literal `${`).
+fn holds_reference(text: &str) -> bool {
+    let bytes = text.as_bytes();
+    (0..bytes.len().saturating_sub(1)).any(|i| {
+        bytes[i] == b'$' && bytes[i + 1] == b'{' && (i == 0 || bytes[i - 1] != b'$')
+    })
+}
+
 fn key(k: &str) -> PathSeg {
     PathSeg::Key(k.to_string())
 }
@@ -830,6 +838,18 @@ impl Loader<'_> {
                         let path = [key("vars"), key(&name)];
                         match &v.value {
                             Value::Str(s) => {
+                                if holds_reference(s) {
+                                    self.report_at(
+                                        v.pos,
+                                        &path,
+                                        "a variable holds a plain value: `${...}` is not resolved in `vars:`",
+                                        Some(
+                                            "write the reference where it is used (e.g. `url: ${env:DB_URL}`); \
+                                             secrets read there are redacted, variables are journaled as they are"
+                                                .into(),
+                                        ),
+                                    );
+                                }
                                 vars.insert(name, s.clone());
                             }
                             Value::Int(i) => {

@@ -48,6 +48,7 @@ impl OutputNames {
 pub struct StepError {
     message: String,
     retryable: bool,
+    interrupted: bool,
     detail: Option<String>,
     #[source]
     source: Option<Box<dyn std::error::Error + Send + Sync>>,
@@ -59,6 +60,7 @@ impl StepError {
         StepError {
             message: message.into(),
             retryable: false,
+            interrupted: false,
             detail: None,
             source: None,
         }
@@ -69,6 +71,20 @@ impl StepError {
         StepError {
             message: message.into(),
             retryable: true,
+            interrupted: false,
+            detail: None,
+            source: None,
+        }
+    }
+
+    /// The step stopped because the run was cancelled (Ctrl-C), not because
+    /// its work failed. The journal records it as interrupted, it is never
+    /// retried nor compensated for, and `resume` runs it again.
+    pub fn interrupted(message: impl Into<String>) -> Self {
+        StepError {
+            message: message.into(),
+            retryable: false,
+            interrupted: true,
             detail: None,
             source: None,
         }
@@ -86,9 +102,27 @@ impl StepError {
         self
     }
 
+    /// The same error with its message and detail passed through `redact`
+    /// (e.g. [`StepContext::redact`]). The cause is dropped: its text cannot be
+    /// rewritten and may hold what was redacted.
+    pub fn redacted(self, redact: impl Fn(&str) -> String) -> Self {
+        StepError {
+            message: redact(&self.message),
+            retryable: self.retryable,
+            interrupted: self.interrupted,
+            detail: self.detail.as_deref().map(&redact),
+            source: None,
+        }
+    }
+
     /// Whether another attempt may succeed.
     pub fn is_retryable(&self) -> bool {
         self.retryable
+    }
+
+    /// Whether the step stopped for a cancellation rather than a failure.
+    pub fn is_interrupted(&self) -> bool {
+        self.interrupted
     }
 
     /// The short message.

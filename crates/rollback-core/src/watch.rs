@@ -120,7 +120,20 @@ impl Watcher {
         let dir = state_dir.join("watch");
         let state_path = dir.join(format!("{}.json", plan.name));
         let state = match std::fs::read_to_string(&state_path) {
-            Ok(text) => serde_json::from_str(&text).unwrap_or_default(),
+            // A state that cannot be read must not silently forget the
+            // cooldown (and start a second rollback): say so instead.
+            Ok(text) => serde_json::from_str(&text).map_err(|e| {
+                Error::journal(
+                    &state_path,
+                    std::io::Error::new(
+                        std::io::ErrorKind::InvalidData,
+                        format!(
+                            "the watch state is not valid ({e}): repair it, or delete it to forget the \
+                             cooldown and how long each rule has held"
+                        ),
+                    ),
+                )
+            })?,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => WatchState::default(),
             Err(e) => return Err(Error::journal(&state_path, e)),
         };
@@ -237,6 +250,24 @@ impl Watcher {
             .filter(|until| *until > SystemTime::now())
     }
 
+    /// The end of a cooldown started by a triggered run of this plan found in
+    /// the journal, newer than the state this watcher remembers.
+    async fn cooling_by_journal(&mut self, plan: &Plan, executor: &Executor) -> Option<SystemTime> {
+        let runs = executor.store().list().await.ok()?;
+        let newest = runs
+            .iter()
+            .filter(|r| r.plan == plan.name && r.trigger.is_some())
+            .filter_map(|r| humantime::parse_rfc3339(&r.started_at).ok().map(|t| (t, r)))
+            .max_by_key(|(t, _)| *t)?;
+        let until = newest.0 + plan.watch.cooldown;
+        if until <= SystemTime::now() {
+            return None;
+        }
+        self.state.last_fired = Some(newest.1.started_at.clone());
+        self.state.last_run = Some(newest.1.run_id.clone());
+        Some(until)
+    }
+
     /// One evaluation; runs the plan when a rule has held for its `for:`
     /// and the watcher is not cooling down. `options` builds the run's options
     /// from the reason.
@@ -254,6 +285,12 @@ impl Watcher {
                 && r.violating_for_ms.is_some_and(|v| v >= r.hold_for_ms)
         });
         let mut fired = None;
+        // Another watcher of this plan (a second `watch --once` from cron) may
+        // have fired since this one read its state: the journal decides.
+        let cooling = match (due, cooling) {
+            (Some(_), None) => self.cooling_by_journal(plan, executor).await,
+            _ => cooling,
+        };
         if let (Some(rule), None) = (due, cooling) {
             let reason = format!("trigger: {} = {}", rule.name, rule.observed);
             let mut run_options = options(reason.clone());

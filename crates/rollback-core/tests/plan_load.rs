@@ -85,6 +85,17 @@ fn a_cycle_is_named_in_full() {
 }
 
 #[test]
+fn a_reference_in_a_variable_is_refused_where_it_stands() {
+    let d = one(
+        "name: p\nvars:\n  db: ${env:DB_URL}\n  literal: cost $${HOME}\nsteps:\n  - id: a\n    kind: exec\n    argv: [echo, \"${var:db}\", \"${var:literal}\"]\n",
+    );
+    assert_eq!(d.field, "vars.db", "{d:?}");
+    assert_eq!((d.line, d.column), (3, 7), "{d:?}");
+    assert!(d.message.contains("not resolved in `vars:`"), "{d:?}");
+    assert!(d.hint.as_deref().is_some_and(|h| h.contains("where it is used")), "{d:?}");
+}
+
+#[test]
 fn references_are_checked_before_the_run() {
     let text = "name: p\nvars:\n  ns: prod\nsteps:\n  - id: a\n    kind: exec\n    argv: [echo, \"${var:nss}\"]\n  - id: b\n    kind: exec\n    argv: [echo, \"${steps.a.stdout}\"]\n  - id: c\n    kind: exec\n    after: a\n    argv: [echo, \"${steps.a.stdot}\", \"${nope}\"]\n";
     let diags = load(text).unwrap_err();

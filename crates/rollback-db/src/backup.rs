@@ -532,10 +532,7 @@ impl PgTools {
             &pg.child_env(None),
         )
         .await?;
-        let entries = out
-            .lines()
-            .filter(|l| !l.trim().is_empty() && !l.starts_with(';'))
-            .count();
+        let entries = archive_entries(&out);
         if entries == 0 {
             return Err(StepError::fatal(format!(
                 "backup {} holds no entries (pg_restore --list is empty): it cannot restore anything",
@@ -544,6 +541,14 @@ impl PgTools {
         }
         Ok(entries)
     }
+}
+
+/// How many entries a `pg_restore --list` listing names (comments aside).
+pub(crate) fn archive_entries(listing: &str) -> usize {
+    listing
+        .lines()
+        .filter(|l| !l.trim().is_empty() && !l.starts_with(';'))
+        .count()
 }
 
 /// Runs a client tool (argv, no shell) with `env` added; returns its stdout.
@@ -575,7 +580,7 @@ pub(crate) async fn run_tool(
     })?;
     let output = tokio::select! {
         out = child.wait_with_output() => out.map_err(|e| StepError::fatal(format!("`{name}` failed")).with_source(e))?,
-        _ = ctx.cancellation().cancelled() => return Err(StepError::fatal(format!("`{name}` stopped: the run was cancelled"))),
+        _ = ctx.cancellation().cancelled() => return Err(StepError::interrupted(format!("`{name}` stopped: the run was cancelled"))),
     };
     if !output.status.success() {
         let stderr = String::from_utf8_lossy(&output.stderr);

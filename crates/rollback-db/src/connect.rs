@@ -281,16 +281,7 @@ fn connect_error(shown: &str, e: sqlx::Error) -> StepError {
 
 /// Makes sure a step error carries no secret the context knows about.
 pub(crate) fn redact_error(ctx: &StepContext, e: StepError) -> StepError {
-    let message = ctx.redact(e.message());
-    let redone = if e.is_retryable() {
-        StepError::retryable(message)
-    } else {
-        StepError::fatal(message)
-    };
-    match e.detail() {
-        Some(d) => redone.with_detail(ctx.redact(d)),
-        None => redone,
-    }
+    e.redacted(|text| ctx.redact(text))
 }
 
 /// A database error as a step error, with what was being done.

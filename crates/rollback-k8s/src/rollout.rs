@@ -795,7 +795,7 @@ pub async fn wait_deployment(
                 )));
             }
             _ = ctx.cancellation().cancelled() => {
-                return Err(StepError::fatal(format!("cancelled while waiting for deployment/{name}: {last}")));
+                return Err(StepError::interrupted(format!("cancelled while waiting for deployment/{name}: {last}")));
             }
             item = stream.try_next() => match item {
                 Ok(Some(d)) => match rollout_state_since(&d, stale

@@ -296,7 +296,7 @@ async fn wait_endpoints(
                 seen.iter().cloned().collect::<Vec<_>>().join(", "),
                 want.iter().cloned().collect::<Vec<_>>().join(", "),
             ))),
-            _ = ctx.cancellation().cancelled() => return Err(StepError::fatal(format!(
+            _ = ctx.cancellation().cancelled() => return Err(StepError::interrupted(format!(
                 "cancelled while waiting for the endpoints of service/{service}"
             ))),
             changed = watch.rx.changed() => if changed.is_err() {

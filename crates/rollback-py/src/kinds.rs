@@ -476,7 +476,21 @@ impl Step for PyStep {
         let vars = self.vars.lock().expect("vars").clone();
         let kind = self.kind.clone();
         in_python(format!("step kind {kind}"), move |py| {
-            let result = call(py, &func, ctx, vars, &config).map_err(|e| step_error(py, e))?;
+            let cancel = ctx.cancellation().clone();
+            let result = call(py, &func, ctx, vars, &config).map_err(|e| {
+                let error = step_error(py, e);
+                if cancel.is_cancelled() {
+                    // A step that gave up because it saw `ctx.cancelled` was
+                    // interrupted, not broken: `resume` runs it again.
+                    let interrupted = StepError::interrupted(error.message().to_string());
+                    match error.detail() {
+                        Some(traceback) => interrupted.with_detail(traceback.to_string()),
+                        None => interrupted,
+                    }
+                } else {
+                    error
+                }
+            })?;
             outputs_from(py, &kind, &result)
         })
         .await

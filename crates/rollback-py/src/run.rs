@@ -108,8 +108,10 @@ impl Watch {
                     self.cancel.is_cancelled() && e.is_instance_of::<PyKeyboardInterrupt>(py);
                 self.cancel.cancel();
                 if second_interrupt {
-                    // A second Ctrl-C: stop waiting. The journal stays
-                    // consistent (every record is written before it counts).
+                    // A second Ctrl-C: stop waiting, and end the programs
+                    // the steps are running. The journal stays consistent
+                    // (every record is written before it counts).
+                    rollback_core::kinds::exec::end_running_programs();
                     return Err(e);
                 }
                 failure.get_or_insert(e);

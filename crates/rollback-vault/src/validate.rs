@@ -192,7 +192,7 @@ impl Validator {
                 }
             },
             _ = ctx.cancellation().cancelled() => {
-                return Err(StepError::fatal("cancelled while validating"));
+                return Err(StepError::interrupted("cancelled while validating"));
             }
         };
         if output.status.success() {

@@ -4,6 +4,7 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::process::{ExitStatus, Stdio};
+use std::time::Duration;
 
 use async_trait::async_trait;
 use schemars::JsonSchema;
@@ -269,6 +270,10 @@ impl Command {
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
+            // Its own process group: a timeout can end `sh -c` descendants
+            // too, and the terminal's Ctrl-C reaches the engine only, which
+            // lets running steps finish.
+            .process_group(0)
             .kill_on_drop(true);
         if let Some(cwd) = &self.cwd {
             if !Path::new(cwd).is_dir() {
@@ -279,22 +284,111 @@ impl Command {
             command.current_dir(cwd);
         }
         let mut child = command.spawn().map_err(|e| spawn_error(ctx, program, e))?;
-        let stdout = child.stdout.take().expect("stdout is piped");
-        let stderr = child.stderr.take().expect("stderr is piped");
-        let (stdout, stderr, status) =
-            tokio::join!(read_tail(stdout), read_tail(stderr), child.wait());
+        let mut group = ProcessGroup::of(&child);
+        let stdout = tokio::spawn(read_tail(child.stdout.take().expect("stdout is piped")));
+        let stderr = tokio::spawn(read_tail(child.stderr.take().expect("stderr is piped")));
         let failed = |what: &str, e: std::io::Error| {
             StepError::fatal(ctx.redact(&format!("{what} of `{program}` failed: {e}")))
                 .with_source(e)
         };
-        let status = status.map_err(|e| failed("waiting for the end", e))?;
-        let stdout = stdout.map_err(|e| failed("reading the stdout", e))?;
-        let stderr = stderr.map_err(|e| failed("reading the stderr", e))?;
+        let status = child.wait().await.map_err(|e| failed("waiting for the end", e))?;
+        // The program has exited. A process it left behind that still holds
+        // its stdout or stderr would keep the step waiting: after a grace
+        // period the rest of its process group is ended.
+        let outputs = async { (stdout.await, stderr.await) };
+        let mut outputs = std::pin::pin!(outputs);
+        let (stdout, stderr) = match tokio::time::timeout(OUTPUT_LINGER, &mut outputs).await {
+            Ok(both) => {
+                group.disarm();
+                both
+            }
+            Err(_) => {
+                group.kill();
+                outputs.await
+            }
+        };
+        let joined = |r: Result<std::io::Result<Captured>, tokio::task::JoinError>| {
+            r.unwrap_or_else(|e| Err(std::io::Error::other(e)))
+        };
+        let stdout = joined(stdout).map_err(|e| failed("reading the stdout", e))?;
+        let stderr = joined(stderr).map_err(|e| failed("reading the stderr", e))?;
         Ok(Finished {
             status,
             stdout,
             stderr,
         })
+    }
+}
+
+/// How long the output pipes may stay open after the program exits.
+const OUTPUT_LINGER: Duration = Duration::from_secs(2);
+
+/// Process groups of the programs `exec` steps are running in this process.
+fn live_groups() -> &'static std::sync::Mutex<std::collections::BTreeSet<i32>> {
+    static LIVE: std::sync::OnceLock<std::sync::Mutex<std::collections::BTreeSet<i32>>> =
+        std::sync::OnceLock::new();
+    LIVE.get_or_init(Default::default)
+}
+
+/// Ends (SIGKILL) every program an `exec` step of this process is running,
+/// with all it started. For a front door about to exit without unwinding
+/// (a second Ctrl-C), which would otherwise leave them running: each runs in
+/// its own process group, out of reach of the terminal's Ctrl-C.
+pub fn end_running_programs() {
+    let groups = std::mem::take(&mut *live_groups().lock().unwrap_or_else(|e| e.into_inner()));
+    for pid in groups.into_iter().filter_map(rustix::process::Pid::from_raw) {
+        let _ = rustix::process::kill_process_group(pid, rustix::process::Signal::KILL);
+    }
+}
+
+/// A program's process group, ended with SIGKILL when this is dropped: a
+/// timeout, the budget or a second Ctrl-C drops the step's future, and
+/// `kill_on_drop` alone would reach only the direct child.
+struct ProcessGroup(Option<rustix::process::Pid>);
+
+impl ProcessGroup {
+    fn of(child: &tokio::process::Child) -> Self {
+        let pid = child
+            .id()
+            .and_then(|id| i32::try_from(id).ok())
+            .and_then(rustix::process::Pid::from_raw);
+        if let Some(pid) = pid {
+            live_groups()
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .insert(pid.as_raw_nonzero().get());
+        }
+        ProcessGroup(pid)
+    }
+
+    /// Ends every process still in the group.
+    fn kill(&mut self) {
+        if let Some(pid) = self.0.take() {
+            Self::forget(pid);
+            // ESRCH (nothing left in the group) is the common, fine answer.
+            let _ = rustix::process::kill_process_group(pid, rustix::process::Signal::KILL);
+        }
+    }
+
+    /// The program ended and released its output: leave the group alone
+    /// (a daemon it started on purpose keeps running).
+    fn disarm(&mut self) {
+        if let Some(pid) = self.0.take() {
+            Self::forget(pid);
+        }
+    }
+
+    fn forget(pid: rustix::process::Pid) {
+        live_groups()
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&pid.as_raw_nonzero().get());
+    }
+}
+
+impl Drop for ProcessGroup {
+    fn drop(&mut self) {
+        self.kill();
     }
 }
 
@@ -526,6 +620,57 @@ mod tests {
         assert_eq!(outputs["stderr"], "careful");
         assert_eq!(outputs["exit_code"], 0);
         assert!(!step.can_undo());
+    }
+
+    /// Whether process `pid` has ended (gone, or a zombie nobody reaped yet).
+    fn ended(pid: &str) -> bool {
+        match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+            Err(_) => true,
+            Ok(stat) => stat
+                .rsplit_once(')')
+                .is_some_and(|(_, rest)| rest.trim_start().starts_with('Z')),
+        }
+    }
+
+    async fn until_ended(pid: &str) -> bool {
+        for _ in 0..100 {
+            if ended(pid) {
+                return true;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        false
+    }
+
+    #[tokio::test]
+    async fn a_dropped_step_ends_the_programs_it_started_too() {
+        let dir = tempfile::tempdir().unwrap();
+        let ctx = StepContext::standalone("exec", dir.path());
+        let pidfile = dir.path().join("grandchild.pid");
+        let script = format!("sleep 300 & echo $! > {}; wait", pidfile.display());
+        let step = step(serde_json::json!({"argv": ["sh", "-c", script]}));
+        // What the executor does on a step timeout: drop the running future.
+        let run = tokio::time::timeout(Duration::from_secs(1), step.run(&ctx)).await;
+        assert!(run.is_err(), "the step should still be running");
+        let pid = std::fs::read_to_string(&pidfile).unwrap().trim().to_string();
+        assert!(until_ended(&pid).await, "the grandchild `sleep 300` (pid {pid}) is still running");
+    }
+
+    #[tokio::test]
+    async fn a_leftover_holding_stdout_does_not_hold_the_step() {
+        let dir = tempfile::tempdir().unwrap();
+        let ctx = StepContext::standalone("exec", dir.path());
+        let pidfile = dir.path().join("leftover.pid");
+        let script = format!("echo started; sleep 300 & echo $! > {}", pidfile.display());
+        let started = std::time::Instant::now();
+        let outputs = step(serde_json::json!({"argv": ["sh", "-c", script]}))
+            .run(&ctx)
+            .await
+            .expect("runs");
+        assert!(started.elapsed() < Duration::from_secs(20), "took {:?}", started.elapsed());
+        assert_eq!(outputs["stdout"], "started");
+        let pid = std::fs::read_to_string(&pidfile).unwrap().trim().to_string();
+        assert!(until_ended(&pid).await, "the leftover `sleep 300` (pid {pid}) is still running");
     }
 
     #[tokio::test]

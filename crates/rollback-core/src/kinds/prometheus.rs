@@ -158,9 +158,25 @@ impl Verifier for PrometheusCheck {
             ))
         })?;
         let samples = parse_query_response(&body).map_err(StepError::fatal)?;
+        self.measure(&query, samples)
+    }
+}
+
+impl PrometheusCheck {
+    /// Judges the samples of one query. NaN (e.g. an error ratio of 0/0 while
+    /// there is no traffic) is an unknown value like a missing series: it
+    /// neither passes nor fails, so it can never start a rollback.
+    fn measure(&self, query: &str, samples: Vec<Sample>) -> Result<Measurement, StepError> {
+        let total = samples.len();
+        let samples: Vec<Sample> = samples.into_iter().filter(|s| !s.value.is_nan()).collect();
         if samples.is_empty() {
+            let why = if total == 0 {
+                "no data (no matching series)".to_string()
+            } else {
+                format!("NaN for every series ({total}), e.g. a ratio with no traffic")
+            };
             return Err(StepError::retryable(format!(
-                "`{query}` returned no data (no matching series): the value is unknown"
+                "`{query}` returned {why}: the value is unknown"
             )));
         }
         // The worst series decides: every series must meet the thresholds.
@@ -207,6 +223,29 @@ mod tests {
         assert!(parse_query_response(&matrix)
             .unwrap_err()
             .contains("matrix"));
+    }
+
+    #[test]
+    fn nan_is_unknown_never_a_violation() {
+        let check = PrometheusCheck::new(PrometheusCheckConfig {
+            url: "http://127.0.0.1:9090".into(),
+            query: "errors / requests".into(),
+            at_most: Some(0.05),
+            at_least: None,
+            headers: BTreeMap::new(),
+        })
+        .unwrap();
+        let sample = |value: f64| Sample { labels: BTreeMap::new(), value };
+        let body = serde_json::json!({"status":"success","data":{"resultType":"scalar","result":[1700000000.1,"NaN"]}});
+        let err = check.measure("q", parse_query_response(&body).unwrap()).unwrap_err();
+        assert!(err.message().contains("NaN") && err.message().contains("unknown"), "{}", err.message());
+        let err = check.measure("q", Vec::new()).unwrap_err();
+        assert!(err.message().contains("no data"), "{}", err.message());
+        // A NaN series beside a real one: the real one decides.
+        let m = check.measure("q", vec![sample(f64::NAN), sample(0.07)]).unwrap();
+        assert!(!m.passed);
+        let m = check.measure("q", vec![sample(f64::NAN), sample(0.01)]).unwrap();
+        assert!(m.passed);
     }
 
     #[test]

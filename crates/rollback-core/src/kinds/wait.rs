@@ -45,7 +45,7 @@ impl Step for Wait {
     async fn run(&self, ctx: &StepContext) -> Result<Outputs, StepError> {
         tokio::select! {
             () = tokio::time::sleep(self.duration.get()) => Ok(Outputs::new()),
-            () = ctx.cancellation().cancelled() => Err(StepError::fatal(format!(
+            () = ctx.cancellation().cancelled() => Err(StepError::interrupted(format!(
                 "the wait of {} was cancelled because the run was interrupted",
                 self.duration
             ))),

@@ -503,7 +503,7 @@ impl MigrateDown {
         let mut done = Vec::new();
         for r in &reverts {
             if ctx.cancellation().is_cancelled() {
-                return Err(StepError::retryable(format!(
+                return Err(StepError::interrupted(format!(
                     "interrupted after reverting {} of {} migrations ({}); run again to continue",
                     done.len(),
                     reverts.len(),
