@@ -136,7 +136,7 @@ impl Target {
         let client = match existing {
             Some(c) => c,
             None => {
-                let c = Client::try_from(config).map_err(|e| {
+                let c = build_client(config).map_err(|e| {
                     StepError::fatal(format!("cannot build a Kubernetes client: {e}"))
                 })?;
                 clients()
@@ -156,8 +156,10 @@ impl Target {
 /// A kube [`Client`] like `Client::try_from(config)`, but with TCP_NODELAY on
 /// its connections: kube's default connector leaves Nagle's algorithm on, and
 /// a request written in two TLS records then waits for the server's delayed
-/// ACK (40 ms on Linux) before its second half leaves. Proxies in the
-/// kubeconfig fall back to kube's own builder.
+/// ACK (40 ms on Linux) before its second half leaves. Everything else kube's
+/// own builder sets up is kept: the connect, read and write timeouts from the
+/// kubeconfig, and the retry of 429/503/504 answers. Proxies in the kubeconfig
+/// fall back to kube's own builder.
 pub fn build_client(config: Config) -> Result<Client, kube::Error> {
     use kube::client::ConfigExt;
     if config.proxy_url.is_some() {
@@ -167,10 +169,19 @@ pub fn build_client(config: Config) -> Result<Client, kube::Error> {
     http.enforce_http(false);
     http.set_nodelay(true);
     let https = config.rustls_https_connector_with_connector(http)?;
+    let mut timed = hyper_timeout::TimeoutConnector::new(https);
+    timed.set_connect_timeout(config.connect_timeout);
+    timed.set_read_timeout(config.read_timeout);
+    timed.set_write_timeout(config.write_timeout);
+    timed.set_reset_reader_on_write(config.reset_reader_on_write);
     let hyper = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
-        .build::<_, kube::client::Body>(https);
+        .build::<_, kube::client::Body>(timed);
+    let retry = config.default_retry.then(|| {
+        tower::retry::RetryLayer::new(kube::client::retry::RetryPolicy::server_retry())
+    });
     let service = tower::ServiceBuilder::new()
         .layer(config.base_uri_layer())
+        .option_layer(retry)
         .option_layer(config.auth_layer()?)
         .layer(config.extra_headers_layer()?)
         .map_err(|e: hyper_util::client::legacy::Error| {

@@ -104,25 +104,45 @@ struct LeaseGuard {
     identity: String,
 }
 
-impl PlanLockGuard for LeaseGuard {}
+impl LeaseGuard {
+    /// Clears the holder, if it is still us. A failure leaves the Lease to
+    /// expire at its duration.
+    async fn clear(api: Api<Lease>, name: String, identity: String) {
+        if let Ok(mut l) = api.get(&name).await {
+            if l.spec.as_ref().and_then(|s| s.holder_identity.as_deref()) == Some(identity.as_str()) {
+                if let Some(spec) = l.spec.as_mut() {
+                    spec.holder_identity = None;
+                }
+                let _ = api.replace(&name, &PostParams::default(), &l).await;
+            }
+        }
+    }
+
+    /// Stops renewing and hands over what `clear` needs, once.
+    fn take(&mut self) -> Option<(Api<Lease>, String, String)> {
+        self.renew.abort();
+        if self.identity.is_empty() {
+            return None;
+        }
+        Some((self.api.clone(), self.name.clone(), std::mem::take(&mut self.identity)))
+    }
+}
+
+#[async_trait]
+impl PlanLockGuard for LeaseGuard {
+    async fn release(mut self: Box<Self>) {
+        if let Some((api, name, identity)) = self.take() {
+            LeaseGuard::clear(api, name, identity).await;
+        }
+    }
+}
 
 impl Drop for LeaseGuard {
     fn drop(&mut self) {
-        self.renew.abort();
-        let (api, name, identity) = (self.api.clone(), self.name.clone(), self.identity.clone());
-        if let Ok(handle) = tokio::runtime::Handle::try_current() {
-            handle.spawn(async move {
-                if let Ok(mut l) = api.get(&name).await {
-                    if l.spec.as_ref().and_then(|s| s.holder_identity.as_deref())
-                        == Some(identity.as_str())
-                    {
-                        if let Some(spec) = l.spec.as_mut() {
-                            spec.holder_identity = None;
-                        }
-                        let _ = api.replace(&name, &PostParams::default(), &l).await;
-                    }
-                }
-            });
+        if let Some((api, name, identity)) = self.take() {
+            if let Ok(handle) = tokio::runtime::Handle::try_current() {
+                handle.spawn(LeaseGuard::clear(api, name, identity));
+            }
         }
     }
 }

@@ -246,10 +246,12 @@ async fn a_concurrent_edit_is_detected_and_the_undo_retried() {
     );
     assert_eq!(c.image("web").await, "web:v1");
     let d = c.deployments().get("web").await.unwrap();
-    assert_eq!(
-        revision_of(&d.metadata),
-        Some(2),
-        "revision annotation kept until the controller bumps it"
+    // The Deployment keeps its own revision annotation (never the restored
+    // ReplicaSet's 1); the controller may already have bumped it to 3.
+    let revision = revision_of(&d.metadata);
+    assert!(
+        matches!(revision, Some(2 | 3)),
+        "revision annotation kept until the controller bumps it, got {revision:?}"
     );
 }
 
