@@ -462,7 +462,14 @@ struct PgLockGuard {
     conn: Option<PgConnection>,
 }
 
-impl PlanLockGuard for PgLockGuard {}
+#[async_trait]
+impl PlanLockGuard for PgLockGuard {
+    async fn release(mut self: Box<Self>) {
+        if let Some(conn) = self.conn.take() {
+            let _ = conn.close().await;
+        }
+    }
+}
 
 impl Drop for PgLockGuard {
     fn drop(&mut self) {

@@ -1,6 +1,7 @@
 #![doc = include_str!("../README.md")]
 
 pub mod backup;
+pub mod backup_ready;
 pub mod connect;
 pub mod journal_store;
 pub mod migrate;
@@ -15,7 +16,7 @@ use rollback_core::Registry;
 
 /// Registers this crate's kinds: steps `db.migrate_down`, `db.sql`,
 /// `db.row_counts_snapshot`, `db.backup`, `db.restore`, `db.read_only`; checks `db.ping`, `db.query`,
-/// `db.schema_version`, `db.row_counts`.
+/// `db.schema_version`, `db.row_counts`, `db.backup_ready`.
 pub fn register(registry: &mut Registry) {
     registry
         .step(
@@ -66,6 +67,12 @@ pub fn register(registry: &mut Registry) {
             "db.schema_version",
             "The migration ledger's current version equals / is at least a version",
             verify::SchemaVersion::new,
+        )
+        .verifier(
+            "db.backup_ready",
+            "The newest backup exists, is at most max_age old, and is readable (pg_restore --list, or SQLite \
+             integrity_check): the pre-deployment checklist's verified backup",
+            backup_ready::BackupReady::new,
         )
         .verifier(
             "db.row_counts",

@@ -272,6 +272,21 @@ async fn still_writable(
     .await
 }
 
+/// Writes the record of what `on` changed, durably (written whole, then renamed).
+async fn write_state(path: &std::path::Path, state: &ReadOnlyState) -> Result<(), StepError> {
+    let text = serde_json::to_string_pretty(state).expect("state serializes");
+    let tmp = path.with_extension("json.tmp");
+    let write = async {
+        let mut file = tokio::fs::File::create(&tmp).await?;
+        tokio::io::AsyncWriteExt::write_all(&mut file, text.as_bytes()).await?;
+        file.sync_all().await?;
+        tokio::fs::rename(&tmp, path).await
+    };
+    write
+        .await
+        .map_err(|e| StepError::fatal(format!("cannot write {}", path.display())).with_source(e))
+}
+
 fn privilege_target(p: &RevokedPrivilege) -> String {
     format!(
         "{} ON TABLE {}.{}",
@@ -446,6 +461,29 @@ impl ReadOnly {
                 writable.join(", ")
             )));
         }
+        // What this attempt is about to change goes to disk before the commit:
+        // a crash after the commit then still leaves the record `off` needs.
+        // (A crash before it leaves a record of revokes that did not happen;
+        // granting those back gives the role only what it already has.)
+        let mut state = match earlier {
+            Some(mut e) if e.database == database && e.role == role => {
+                // Keep the first attempt's facts; add anything granted since.
+                for g in grants {
+                    if !e.revoked.contains(&g) {
+                        e.revoked.push(g);
+                    }
+                }
+                e
+            }
+            _ => ReadOnlyState {
+                database: database.clone(),
+                role: role.clone(),
+                setting_before,
+                revoked: grants,
+                sessions_ended: 0,
+            },
+        };
+        write_state(&state_path, &state).await?;
         tx.commit()
             .await
             .map_err(|e| StepError::retryable("cannot commit").with_source(e))?;
@@ -463,30 +501,8 @@ impl ReadOnly {
             0
         };
         let _ = conn.close().await;
-
-        let state = match earlier {
-            Some(mut e) if e.database == database && e.role == role => {
-                // Keep the first attempt's facts; add anything granted since.
-                for g in grants {
-                    if !e.revoked.contains(&g) {
-                        e.revoked.push(g);
-                    }
-                }
-                e.sessions_ended += terminated;
-                e
-            }
-            _ => ReadOnlyState {
-                database,
-                role,
-                setting_before,
-                revoked: grants,
-                sessions_ended: terminated,
-            },
-        };
-        let text = serde_json::to_string_pretty(&state).expect("state serializes");
-        tokio::fs::write(&state_path, text).await.map_err(|e| {
-            StepError::fatal(format!("cannot write {}", state_path.display())).with_source(e)
-        })?;
+        state.sessions_ended += terminated;
+        write_state(&state_path, &state).await?;
         ctx.progress(&format!(
             "read-only: {} privilege(s) revoked, {} session(s) ended",
             state.revoked.len(),
@@ -531,7 +547,24 @@ impl ReadOnly {
             "cannot restore the setting of `{}`",
             state.database
         )))?;
+        let mut granted = 0;
+        let mut gone = Vec::new();
         for g in &state.revoked {
+            // A table that no longer exists (a restore swapped in an older
+            // copy of the database) has nothing to grant back.
+            let qualified = format!("{}.{}", quote_ident(&g.schema), quote_ident(&g.table));
+            let exists: bool = sqlx::query_scalar("SELECT to_regclass($1) IS NOT NULL")
+                .bind(&qualified)
+                .fetch_one(&mut *tx)
+                .await
+                .map_err(fail(format!("cannot look up {qualified}")))?;
+            if !exists {
+                if !gone.contains(&qualified) {
+                    gone.push(qualified);
+                }
+                continue;
+            }
+            granted += 1;
             let grant = format!(
                 "GRANT {} TO {}{}",
                 privilege_target(g),
@@ -550,9 +583,13 @@ impl ReadOnly {
             .await
             .map_err(|e| StepError::retryable("cannot commit").with_source(e))?;
         let _ = conn.close().await;
+        let skipped = if gone.is_empty() {
+            String::new()
+        } else {
+            format!("; no longer there, so skipped: {}", gone.join(", "))
+        };
         ctx.progress(&format!(
-            "writes allowed again: {} privilege(s) granted back",
-            state.revoked.len()
+            "writes allowed again: {granted} privilege(s) granted back{skipped}"
         ));
         // Sessions opened while read-only keep the read-only default until
         // they reconnect; their writes are allowed again by the grants.

@@ -279,3 +279,74 @@ async fn injection_shaped_names_in_row_counts() {
         err.message()
     );
 }
+
+/// The pre-deployment checklist's "backup completed and verified": a real
+/// pg_dump passes; a stale one, a damaged one, a plain SQL dump and an empty
+/// folder fail, each saying why.
+#[tokio::test]
+async fn backup_ready_checks_the_newest_backup_is_recent_and_readable() {
+    use rollback_db::backup::{Backup, BackupConfig};
+    use rollback_db::backup_ready::{BackupReady, BackupReadyConfig};
+    let Some(db) = PgTestDb::create("bkready").await else {
+        return;
+    };
+    db.exec(ORDERS).await;
+    let tmp = tempfile::tempdir().unwrap();
+    let backups = tmp.path().join("backups");
+    std::fs::create_dir(&backups).unwrap();
+    let bin = std::env::var("PG_BIN_DIR").unwrap_or_default();
+    let check = |extra: serde_json::Value| {
+        let mut cfg = json!({"path": backups.to_str().unwrap(), "pg_bin_dir": bin});
+        for (k, v) in extra.as_object().unwrap() {
+            cfg[k] = v.clone();
+        }
+        BackupReady::new(config::<BackupReadyConfig>(cfg)).unwrap()
+    };
+
+    let m = check(json!({})).check(&ctx(&tmp)).await.unwrap();
+    assert!(!m.passed && m.observed.contains("no backup in"), "{m:?}");
+
+    let taken = Backup::new(config::<BackupConfig>(json!({
+        "url": db.url, "dir": backups.to_str().unwrap(), "pg_bin_dir": bin
+    })))
+    .unwrap()
+    .run(&ctx(&tmp))
+    .await
+    .expect("backup");
+    let path = taken["path"].as_str().unwrap().to_string();
+    let m = check(json!({"max_age": "1h"})).check(&ctx(&tmp)).await.unwrap();
+    assert!(m.passed, "{m:?}");
+    assert!(m.observed.contains(&path) && m.observed.contains("entries (pg_restore --list)"), "{m:?}");
+
+    // Two days old: readable, but too old for a 24h rule.
+    let aged = std::process::Command::new("touch")
+        .args(["-d", "2 days ago", &path])
+        .status()
+        .unwrap();
+    assert!(aged.success());
+    let m = check(json!({"max_age": "24h"})).check(&ctx(&tmp)).await.unwrap();
+    assert!(!m.passed, "{m:?}");
+    assert!(m.observed.contains("2days"), "{m:?}");
+
+    // A newer file that only looks like a dump is what preflight must catch.
+    std::fs::write(backups.join("orders-newer.dump"), b"PGDMP backup bytes").unwrap();
+    let m = check(json!({})).check(&ctx(&tmp)).await.unwrap();
+    assert!(!m.passed, "{m:?}");
+    assert!(m.observed.contains("orders-newer.dump") && m.observed.contains("pg_restore"), "{m:?}");
+
+    // Pointing at the real dump by name still passes; a plain SQL file fails.
+    let m = BackupReady::new(config::<BackupReadyConfig>(json!({"path": path, "pg_bin_dir": bin})))
+        .unwrap()
+        .check(&ctx(&tmp))
+        .await
+        .unwrap();
+    assert!(m.passed, "{m:?}");
+    let plain = tmp.path().join("orders.sql");
+    std::fs::write(&plain, "-- PostgreSQL database dump\nSELECT 1;\n").unwrap();
+    let m = BackupReady::new(config::<BackupReadyConfig>(json!({"path": plain.to_str().unwrap()})))
+        .unwrap()
+        .check(&ctx(&tmp))
+        .await
+        .unwrap();
+    assert!(!m.passed && m.observed.contains("pg_dump -Fc"), "{m:?}");
+}
