@@ -180,9 +180,16 @@ impl Project {
             argv.push("-p".into());
             argv.push(project.clone());
         }
-        for file in &self.files {
+        // With no `-f`, Compose reads its default files; one `-f` for an extra
+        // file would turn that off, so name the defaults explicitly then.
+        let own = if self.files.is_empty() && !extra_files.is_empty() {
+            self.default_files()
+        } else {
+            self.files.clone()
+        };
+        for file in own {
             argv.push("-f".into());
-            argv.push(file.clone());
+            argv.push(file);
         }
         for file in extra_files {
             argv.push("-f".into());
@@ -190,6 +197,42 @@ impl Project {
         }
         argv.extend(args.iter().map(|a| a.to_string()));
         argv
+    }
+
+    /// The files Compose reads when given no `-f`: the first of its default
+    /// names found in the project folder, and the override file beside it.
+    pub(crate) fn default_files(&self) -> Vec<String> {
+        let dir = self.dir();
+        let first = |names: &[&str]| {
+            names
+                .iter()
+                .map(|n| dir.join(n))
+                .find(|p| p.is_file())
+                .map(|p| p.display().to_string())
+        };
+        let Some(main) = first(&["compose.yaml", "compose.yml", "docker-compose.yml", "docker-compose.yaml"]) else {
+            return Vec::new();
+        };
+        let mut files = vec![main];
+        files.extend(first(&[
+            "compose.override.yaml",
+            "compose.override.yml",
+            "docker-compose.override.yml",
+            "docker-compose.override.yaml",
+        ]));
+        files
+    }
+
+    /// An error unless Compose has a file to read: given in `files`, or one of
+    /// its default names in the project folder.
+    pub(crate) fn require_files(&self, ctx: &StepContext) -> Result<(), StepError> {
+        if self.files.is_empty() && self.default_files().is_empty() {
+            return Err(StepError::fatal(ctx.redact(&format!(
+                "no compose file in {} (compose.yaml, docker-compose.yml, ...): set `files` or `cwd`",
+                self.dir().display()
+            ))));
+        }
+        Ok(())
     }
 
     /// The folder relative paths are resolved from.
@@ -395,6 +438,32 @@ mod tests {
             display_argv(&argv[..8]),
             "docker compose -p shop -f a.yml -f 'b c.yml'"
         );
+    }
+
+    #[test]
+    fn an_extra_file_keeps_the_default_compose_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let project = Project {
+            compose: vec!["docker-compose".into()],
+            project: None,
+            files: Vec::new(),
+            cwd: Some(dir.path().display().to_string()),
+        };
+        let extra = [PathBuf::from("/state/override.yml")];
+        // No default file: only the extra one, and the step refuses to run.
+        assert_eq!(project.argv(&extra, &["up"]), ["docker-compose", "-f", "/state/override.yml", "up"]);
+        assert!(project.require_files(&StepContext::standalone("s", dir.path())).is_err());
+        std::fs::write(dir.path().join("docker-compose.yml"), "services: {}\n").unwrap();
+        std::fs::write(dir.path().join("docker-compose.override.yml"), "services: {}\n").unwrap();
+        let main = dir.path().join("docker-compose.yml").display().to_string();
+        let over = dir.path().join("docker-compose.override.yml").display().to_string();
+        assert_eq!(
+            project.argv(&extra, &["up"]),
+            ["docker-compose", "-f", main.as_str(), "-f", over.as_str(), "-f", "/state/override.yml", "up"]
+        );
+        // Without extra files Compose finds its defaults itself.
+        assert_eq!(project.argv(&[], &["ps"]), ["docker-compose", "ps"]);
+        assert!(project.require_files(&StepContext::standalone("s", dir.path())).is_ok());
     }
 
     #[test]

@@ -345,6 +345,7 @@ impl Step for ComposeRollback {
         let mut saved_file = String::new();
         match &self.target {
             Target::Image(image) => {
+                project.require_files(ctx)?;
                 let image = ctx.resolve(image)?;
                 let path = dir.join(OVERRIDE);
                 write_atomic(ctx, &path, override_yaml(&service, &image).as_bytes())?;
