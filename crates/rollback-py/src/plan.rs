@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use pyo3::prelude::*;
-use rollback_core::approval::NonInteractive;
+use rollback_core::approval::{Approver, NonInteractive, PresetApprovals};
 use rollback_core::journal::default_state_dir;
 use rollback_core::{Error, Executor, FileJournal, JournalStore, RunOptions};
 
@@ -41,8 +41,36 @@ fn state_dir(dir: Option<PathBuf>) -> PathBuf {
     dir.unwrap_or_else(default_state_dir)
 }
 
-fn approver(yes: bool) -> Arc<NonInteractive> {
-    Arc::new(NonInteractive { assume_yes: yes })
+/// `yes` approves `confirm` steps; `approved_by` (role to name) gives the
+/// plan's named-role approvals up front, as `--approved-by` does. Nothing can
+/// be asked at a terminal from here, so a role not given is refused.
+fn approver(yes: bool, approved_by: BTreeMap<String, String>) -> Arc<dyn Approver> {
+    let fallback = Arc::new(NonInteractive { assume_yes: yes });
+    if approved_by.is_empty() {
+        return fallback;
+    }
+    Arc::new(PresetApprovals {
+        approvals: approved_by,
+        fallback,
+    })
+}
+
+/// Checks `approved_by`: every role and name given, no blanks.
+fn approvals(
+    py: Python<'_>,
+    approved_by: Option<BTreeMap<String, String>>,
+) -> PyResult<BTreeMap<String, String>> {
+    let given = approved_by.unwrap_or_default();
+    if let Some((role, _)) = given
+        .iter()
+        .find(|(role, name)| role.trim().is_empty() || name.trim().is_empty())
+    {
+        return Err(invalid_input(
+            py,
+            format!("approved_by: role `{role}` needs the name of the person who approved"),
+        ));
+    }
+    Ok(given)
 }
 
 /// Finishes a run: the report, drill files, and the exception for a run that
@@ -86,6 +114,7 @@ fn execute(
     reason: String,
     operator: Option<String>,
     yes: bool,
+    approved_by: BTreeMap<String, String>,
     drill: bool,
     on_event: Option<Bound<'_, PyAny>>,
     state_dir: PathBuf,
@@ -98,7 +127,7 @@ fn execute(
             ));
         }
     }
-    let mut options = RunOptions::new(reason).approver(approver(yes));
+    let mut options = RunOptions::new(reason).approver(approver(yes, approved_by));
     if let Some(op) = operator {
         options = options.operator(op);
     }
@@ -258,17 +287,22 @@ impl Plan {
     /// `BudgetExceeded` or `PreflightFailed`, each carrying the `report`.
     /// `on_event(event: dict)` is called in this thread for every journal
     /// record; Ctrl-C cancels the run cleanly (journaled as cancelled) and
-    /// re-raises `KeyboardInterrupt`. `yes=True` approves `confirm` steps.
-    #[pyo3(signature = (*, reason, operator=None, yes=false, on_event=None, state_dir=None))]
+    /// re-raises `KeyboardInterrupt`. `yes=True` approves `confirm` steps;
+    /// `approved_by={"engineering-manager": "amara"}` gives the plan's
+    /// named-role approvals (journaled with who approved).
+    #[pyo3(signature = (*, reason, operator=None, yes=false, approved_by=None, on_event=None, state_dir=None))]
+    #[allow(clippy::too_many_arguments)]
     fn run(
         &self,
         py: Python<'_>,
         reason: String,
         operator: Option<String>,
         yes: bool,
+        approved_by: Option<BTreeMap<String, String>>,
         on_event: Option<Bound<'_, PyAny>>,
         state_dir: Option<PathBuf>,
     ) -> PyResult<Py<RunReport>> {
+        let approved_by = approvals(py, approved_by)?;
         execute(
             py,
             self.inner.clone(),
@@ -276,6 +310,7 @@ impl Plan {
             reason,
             operator,
             yes,
+            approved_by,
             false,
             on_event,
             crate::plan::state_dir(state_dir),
@@ -285,16 +320,19 @@ impl Plan {
     /// A run marked as a drill; writes `drill.md` and `drill.json` in the
     /// run's folder. Raises like `run`, and `BudgetExceeded` when the drill
     /// succeeded but took longer than the budget.
-    #[pyo3(signature = (*, reason="scheduled rollback drill".to_string(), operator=None, yes=false, on_event=None, state_dir=None))]
+    #[pyo3(signature = (*, reason="scheduled rollback drill".to_string(), operator=None, yes=false, approved_by=None, on_event=None, state_dir=None))]
+    #[allow(clippy::too_many_arguments)]
     fn drill(
         &self,
         py: Python<'_>,
         reason: String,
         operator: Option<String>,
         yes: bool,
+        approved_by: Option<BTreeMap<String, String>>,
         on_event: Option<Bound<'_, PyAny>>,
         state_dir: Option<PathBuf>,
     ) -> PyResult<Py<RunReport>> {
+        let approved_by = approvals(py, approved_by)?;
         execute(
             py,
             self.inner.clone(),
@@ -302,6 +340,7 @@ impl Plan {
             reason,
             operator,
             yes,
+            approved_by,
             true,
             on_event,
             crate::plan::state_dir(state_dir),
@@ -394,15 +433,17 @@ pub(crate) fn show(
 /// unfinished run) with the plan text and variables it started with;
 /// completed steps are not run again. Returns and raises like `Plan.run`.
 #[pyfunction]
-#[pyo3(signature = (run_id, state_dir=None, *, operator=None, yes=false, on_event=None))]
+#[pyo3(signature = (run_id, state_dir=None, *, operator=None, yes=false, approved_by=None, on_event=None))]
 pub(crate) fn resume(
     py: Python<'_>,
     run_id: String,
     state_dir: Option<PathBuf>,
     operator: Option<String>,
     yes: bool,
+    approved_by: Option<BTreeMap<String, String>>,
     on_event: Option<Bound<'_, PyAny>>,
 ) -> PyResult<Py<RunReport>> {
+    let approved_by = approvals(py, approved_by)?;
     let dir = crate::plan::state_dir(state_dir);
     let store = FileJournal::new(&dir);
     let stored = block_on(py, async move {
@@ -429,6 +470,7 @@ pub(crate) fn resume(
         stored.info.reason.clone(),
         operator,
         yes,
+        approved_by,
         stored.info.drill,
         on_event,
         dir,

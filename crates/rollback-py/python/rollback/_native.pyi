@@ -36,6 +36,7 @@ class Plan:
         reason: str,
         operator: str | None = None,
         yes: bool = False,
+        approved_by: dict[str, str] | None = None,
         on_event: Callable[[dict[str, Any]], object] | None = None,
         state_dir: str | PathLike[str] | None = None,
     ) -> RunReport: ...
@@ -45,6 +46,7 @@ class Plan:
         reason: str = ...,
         operator: str | None = None,
         yes: bool = False,
+        approved_by: dict[str, str] | None = None,
         on_event: Callable[[dict[str, Any]], object] | None = None,
         state_dir: str | PathLike[str] | None = None,
     ) -> RunReport: ...
@@ -211,6 +213,7 @@ def resume(
     *,
     operator: str | None = None,
     yes: bool = False,
+    approved_by: dict[str, str] | None = None,
     on_event: Callable[[dict[str, Any]], object] | None = None,
 ) -> RunReport: ...
 def register_step(
