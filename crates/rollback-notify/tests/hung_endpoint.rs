@@ -21,11 +21,11 @@ name: hung-endpoint
 steps:
   - id: record_state
     kind: exec
-    argv: ["true"]
+    argv: [sleep, "0.3"]
   - id: restart
     kind: exec
     after: [record_state]
-    argv: ["true"]
+    argv: [sleep, "0.3"]
 notify:
   - kind: slack
     channel: "#deployments"
@@ -43,13 +43,28 @@ notify:
 "##,
         url = silent.url
     );
-    let plan = fx.plan(&yaml);
+    // The same steps without notifiers: how long the run takes on its own.
+    let bare_yaml = yaml[..yaml.find("notify:").unwrap()].replace("hung-endpoint", "hung-endpoint-bare");
     let executor = fx.executor();
+    let bare = executor
+        .run(&fx.plan(&bare_yaml), rollback_core::RunOptions::new("baseline"))
+        .await
+        .unwrap();
+    assert_eq!(bare.status, Some(RunStatus::Succeeded));
+
+    let plan = fx.plan(&yaml);
     let report = executor
         .run(&plan, rollback_core::RunOptions::new("hung endpoint test"))
         .await
         .unwrap();
     assert_eq!(report.status, Some(RunStatus::Succeeded));
+    // The start goes to two endpoints that never answer within their 2s
+    // timeout; the run still takes about what it takes without them.
+    let (with, without) = (report.duration_ms.unwrap(), bare.duration_ms.unwrap());
+    assert!(
+        with < without + 1000,
+        "the run took {with} ms with hung notifiers, {without} ms without"
+    );
     assert!(
         report.notification_failures.is_empty(),
         "the run returned before the notifiers' timeouts"
