@@ -20,6 +20,13 @@ use serde_json::json;
 
 const ROUNDS: usize = 12;
 
+/// The pause between rounds. Each round is one rollback on a quiet control
+/// plane; back to back, the rounds would drain kube-controller-manager's
+/// client-side rate limit (`--kube-api-qps` 20, burst 30, shared by all its
+/// controllers), and each Endpoints update would then wait 50 ms for a token:
+/// that would measure the controller's throttle, not the switch.
+const SETTLE: Duration = Duration::from_millis(1600);
+
 const SERVICES: [&str; 4] = [
     "user-service",
     "catalog-service",
@@ -84,6 +91,7 @@ async fn engine(
     for round in 0..ROUNDS {
         let version = if round % 2 == 0 { a } else { b };
         let plan = plan(c, registry, services, version);
+        tokio::time::sleep(SETTLE).await;
         let started = Instant::now();
         let report = executor
             .run(&plan, RunOptions::new("benchmark"))
@@ -104,6 +112,7 @@ async fn action(c: &support::Cluster, services: &[&str], a: &str, b: &str) -> Du
         let version = if round % 2 == 0 { a } else { b };
         let labels = BTreeMap::from([("version".to_string(), version.to_string())]);
         let ctx = c.ctx("bench");
+        tokio::time::sleep(SETTLE).await;
         let started = Instant::now();
         let switches = services.iter().map(|s| {
             rollback_k8s::selector::switch_service(
@@ -162,6 +171,7 @@ fn with_kubectl(
     for round in 0..ROUNDS {
         let version = if round % 2 == 0 { a } else { b };
         let patch = format!(r#"{{"spec":{{"selector":{{"version":"{version}"}}}}}}"#);
+        std::thread::sleep(SETTLE);
         let started = Instant::now();
         for s in services {
             kubectl(c, bin, &["patch", "service", s, "-p", &patch]);
@@ -233,7 +243,10 @@ async fn main() {
     let four_kubectl = with_kubectl(&c, &bin, &SERVICES, "stable", "canary", false);
     let four_kubectl_verified = with_kubectl(&c, &bin, &SERVICES, "stable", "canary", true);
 
-    println!("switch benchmark: median of {ROUNDS} rounds, kube-apiserver 1.20 on 127.0.0.1");
+    println!(
+        "switch benchmark: median of {ROUNDS} rounds {} s apart, kube-apiserver 1.20 on 127.0.0.1",
+        SETTLE.as_secs_f64()
+    );
     println!("  engine = plan run by the executor (journal on disk), readiness check before, endpoints confirmed after");
     println!("  kubectl = Debian's kubectl 1.20, one process per action");
     println!();

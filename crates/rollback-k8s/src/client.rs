@@ -153,13 +153,22 @@ impl Target {
     }
 }
 
-/// A kube [`Client`] like `Client::try_from(config)`, but with TCP_NODELAY on
-/// its connections: kube's default connector leaves Nagle's algorithm on, and
-/// a request written in two TLS records then waits for the server's delayed
-/// ACK (40 ms on Linux) before its second half leaves. Everything else kube's
-/// own builder sets up is kept: the connect, read and write timeouts from the
-/// kubeconfig, and the retry of 429/503/504 answers. Proxies in the kubeconfig
-/// fall back to kube's own builder.
+/// A kube [`Client`] like `Client::try_from(config)`, with two changes that
+/// matter to a rollback's latency:
+/// - HTTP/2 when the API server offers it (ALPN `h2`, else HTTP/1.1): every
+///   request and watch of a run shares one TLS connection. Over kube's
+///   HTTP/1.1, each concurrent request and each watch needs a connection of
+///   its own (a TLS handshake, ~5 ms of CPU on each side), and a watch that
+///   is dropped mid-stream takes its connection with it.
+/// - TCP_NODELAY: kube's connector leaves Nagle's algorithm on, and a request
+///   written in two TLS records then waits for the server's delayed ACK
+///   (40 ms on Linux) before its second half leaves.
+///
+/// Everything else kube's own builder sets up is kept: the TLS settings of the
+/// kubeconfig (CA, client certificate, `tls-server-name`), the connect, read
+/// and write timeouts, and the retry of 429/503/504 answers. Proxies in the
+/// kubeconfig fall back to kube's own builder. (No kind here upgrades a
+/// connection, as exec and port-forward would, which HTTP/2 cannot carry.)
 pub fn build_client(config: Config) -> Result<Client, kube::Error> {
     use kube::client::ConfigExt;
     if config.proxy_url.is_some() {
@@ -168,7 +177,16 @@ pub fn build_client(config: Config) -> Result<Client, kube::Error> {
     let mut http = hyper_util::client::legacy::connect::HttpConnector::new();
     http.enforce_http(false);
     http.set_nodelay(true);
-    let https = config.rustls_https_connector_with_connector(http)?;
+    let tls = config.rustls_client_config()?;
+    let mut builder = hyper_rustls::HttpsConnectorBuilder::new()
+        .with_tls_config(tls)
+        .https_or_http();
+    if let Some(name) = &config.tls_server_name {
+        let name = rustls::pki_types::ServerName::try_from(name.clone())
+            .map_err(|e| kube::Error::RustlsTls(kube::client::RustlsTlsError::InvalidServerName(e)))?;
+        builder = builder.with_server_name_resolver(hyper_rustls::FixedServerNameResolver::new(name));
+    }
+    let https = builder.enable_http1().enable_http2().wrap_connector(http);
     let mut timed = hyper_timeout::TimeoutConnector::new(https);
     timed.set_connect_timeout(config.connect_timeout);
     timed.set_read_timeout(config.read_timeout);
