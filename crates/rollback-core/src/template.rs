@@ -2,7 +2,8 @@
 //!
 //! - `${env:NAME}`: an environment variable (a secret).
 //! - `${file:PATH}`: a file's content without its trailing newline (a secret);
-//!   a relative path is taken from the plan file's folder.
+//!   a relative path is taken from the plan file's folder. `PATH` may hold
+//!   `${var:NAME}` (`${file:${var:config_file}}`), nothing else.
 //! - `${var:NAME}`: a plan variable (`vars:`, `--var NAME=VALUE`); not secret.
 //! - `${steps.ID.NAME}`: output `NAME` of the earlier step `ID`.
 //! - `$${` writes a literal `${`.
@@ -104,7 +105,12 @@ fn parse_reference(inner: &str) -> Result<Reference, TemplateError> {
         };
     }
     if let Some(path) = inner.strip_prefix("file:") {
-        return if path.is_empty() {
+        // Only plan variables may stand in a secret file's path: a path
+        // built from another secret or from a step's output is not allowed.
+        let only_vars = pieces(path)
+            .map(|ps| ps.iter().all(|p| matches!(p, Piece::Text(_) | Piece::Ref(Reference::Var(_)))))
+            .unwrap_or(false);
+        return if path.is_empty() || !only_vars {
             Err(malformed())
         } else {
             Ok(Reference::File(path.into()))
@@ -135,6 +141,29 @@ enum Piece<'a> {
     Ref(Reference),
 }
 
+/// The index of the `}` that closes the `${` at the start of `text`, past
+/// any `${...}` nested inside (`${file:${var:path}}`).
+fn closing_brace(text: &str) -> Option<usize> {
+    let bytes = text.as_bytes();
+    let mut depth = 0usize;
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'$' && bytes.get(i + 1) == Some(&b'{') {
+            depth += 1;
+            i += 2;
+            continue;
+        }
+        if bytes[i] == b'}' {
+            depth -= 1;
+            if depth == 0 {
+                return Some(i);
+            }
+        }
+        i += 1;
+    }
+    None
+}
+
 fn pieces(template: &str) -> Result<Vec<Piece<'_>>, TemplateError> {
     let mut out = Vec::new();
     let mut rest = template;
@@ -148,7 +177,7 @@ fn pieces(template: &str) -> Result<Vec<Piece<'_>>, TemplateError> {
             consumed += pos + 3;
         } else if after.starts_with("${") {
             out.push(Piece::Text(&rest[..pos]));
-            let close = after.find('}').ok_or(TemplateError::Unclosed {
+            let close = closing_brace(after).ok_or(TemplateError::Unclosed {
                 offset: consumed + pos,
             })?;
             out.push(Piece::Ref(parse_reference(&after[2..close])?));
@@ -164,15 +193,19 @@ fn pieces(template: &str) -> Result<Vec<Piece<'_>>, TemplateError> {
     Ok(out)
 }
 
-/// The references in `template`, for validation before a run.
+/// The references in `template` (those inside a `${file:...}` path too), for
+/// validation before a run.
 pub fn references(template: &str) -> Result<Vec<Reference>, TemplateError> {
-    Ok(pieces(template)?
-        .into_iter()
-        .filter_map(|p| match p {
-            Piece::Ref(r) => Some(r),
-            Piece::Text(_) => None,
-        })
-        .collect())
+    let mut found = Vec::new();
+    for piece in pieces(template)? {
+        if let Piece::Ref(r) = piece {
+            if let Reference::File(path) = &r {
+                found.extend(references(path)?);
+            }
+            found.push(r);
+        }
+    }
+    Ok(found)
 }
 
 /// Resolves references during a run and redacts the secrets it handed out.
@@ -272,6 +305,7 @@ impl Resolver {
                 Ok(value)
             }
             Reference::File(path) => {
+                let path = &self.resolve(path)?;
                 let full = match &self.base_dir {
                     Some(dir) if !std::path::Path::new(path).is_absolute() => dir.join(path),
                     _ => PathBuf::from(path),
@@ -363,6 +397,35 @@ impl Resolver {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_file_path_may_hold_plan_variables_only() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("db.pw"), "s3cret-pw\n").unwrap();
+        let r = Resolver::new(BTreeMap::from([(
+            "secrets".to_string(),
+            dir.path().display().to_string(),
+        )]));
+        assert_eq!(r.resolve("pw=${file:${var:secrets}/db.pw}!").unwrap(), "pw=s3cret-pw!");
+        assert_eq!(r.redact("got s3cret-pw"), "got ***");
+        assert_eq!(
+            references("${file:${var:secrets}/db.pw}").unwrap(),
+            [
+                Reference::Var("secrets".into()),
+                Reference::File("${var:secrets}/db.pw".into())
+            ]
+        );
+        for bad in ["${file:${env:HOME}/x}", "${file:${steps.a.path}}", "${file:${file:/x}}"] {
+            assert!(
+                matches!(references(bad), Err(TemplateError::Malformed { .. })),
+                "{bad}"
+            );
+        }
+        assert!(matches!(
+            references("${file:${var:x}"),
+            Err(TemplateError::Unclosed { .. })
+        ));
+    }
 
     #[test]
     fn parses_all_reference_forms() {
