@@ -69,39 +69,7 @@ async fn data_rollback_example_runs_end_to_end() {
     c.close().await.unwrap();
     // Yesterday's backup, then today's bad import.
     let dir = tempfile::tempdir().unwrap();
-    let clean = dir.path().join("clean.dump");
-    let pg_dump = match bin_dir() {
-        Some(d) => std::path::Path::new(&d).join("pg_dump"),
-        None => "pg_dump".into(),
-    };
-    let (user, password) = {
-        let userinfo = admin
-            .split("://")
-            .nth(1)
-            .unwrap()
-            .split('@')
-            .next()
-            .unwrap();
-        let (u, p) = userinfo.split_once(':').unwrap();
-        (u.to_string(), p.to_string())
-    };
-    let status = std::process::Command::new(pg_dump)
-        .args([
-            "-Fc",
-            "-f",
-            clean.to_str().unwrap(),
-            "-h",
-            "127.0.0.1",
-            "-p",
-            "54329",
-            "-U",
-            &user,
-        ])
-        .env("PGDATABASE", db)
-        .env("PGPASSWORD", password)
-        .status()
-        .unwrap();
-    assert!(status.success());
+    let clean = clean_backup(&admin, db, dir.path()).await;
     let mut c = connect(&admin, db).await;
     c.execute("UPDATE orders SET total = -total WHERE id % 2 = 0")
         .await
@@ -110,7 +78,7 @@ async fn data_rollback_example_runs_end_to_end() {
 
     std::env::set_var("ORDERS_DB_URL", url_for(&admin, db));
     let vars = BTreeMap::from([
-        ("backup".to_string(), clean.to_string_lossy().into_owned()),
+        ("backup".to_string(), clean.clone()),
         ("app_role".to_string(), role.to_string()),
         ("pg_bin_dir".to_string(), bin_dir().unwrap_or_default()),
     ]);
@@ -141,6 +109,112 @@ async fn data_rollback_example_runs_end_to_end() {
         .unwrap();
     let restore = report.steps.iter().find(|s| s.id == "restore").unwrap();
     assert_eq!(restore.outputs["safety_backup"], safety.outputs["path"]);
+}
+
+/// The seeds' data-corruption procedure, `examples/db/data-corruption.yaml`:
+/// read-only mode, evidence kept, the last clean backup restored only once
+/// the corruption checks pass on it, writes allowed again, checks re-run live.
+#[tokio::test]
+async fn data_corruption_example_runs_end_to_end() {
+    let Some(admin) = admin_url() else { return };
+    let db = "rc Example Market";
+    let role = "rc example app";
+    fresh_db(&admin, db).await;
+    let mut c = connect(&admin, "postgres").await;
+    let exists: bool =
+        sqlx::query_scalar("SELECT exists(SELECT 1 FROM pg_roles WHERE rolname = $1)")
+            .bind(role)
+            .fetch_one(&mut c)
+            .await
+            .unwrap();
+    if !exists {
+        c.execute(format!("CREATE ROLE {} LOGIN", q(role)).as_str())
+            .await
+            .unwrap();
+    }
+    c.close().await.unwrap();
+    let mut c = connect(&admin, db).await;
+    c.execute(
+        format!(
+            "CREATE TABLE users (id int PRIMARY KEY, created_at timestamptz, updated_at timestamptz); \
+             INSERT INTO users SELECT g, now() - interval '2 days', now() - interval '1 day' FROM generate_series(1, 50) g; \
+             CREATE TABLE orders (id int PRIMARY KEY, total numeric); \
+             INSERT INTO orders SELECT g, g FROM generate_series(1, 100) g; \
+             GRANT SELECT, INSERT, UPDATE, DELETE ON users, orders TO {}",
+            q(role)
+        )
+        .as_str(),
+    )
+    .await
+    .unwrap();
+    c.close().await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let clean = clean_backup(&admin, db, dir.path()).await;
+    // The corruption: negative totals, users updated before they were created.
+    let mut c = connect(&admin, db).await;
+    c.execute(
+        "UPDATE orders SET total = -total WHERE id % 3 = 0; \
+         UPDATE users SET updated_at = created_at - interval '1 hour' WHERE id < 5",
+    )
+    .await
+    .unwrap();
+    c.close().await.unwrap();
+
+    std::env::set_var("AFRICANMARKET_DB_URL", url_for(&admin, db));
+    let vars = BTreeMap::from([
+        ("last_clean_backup".to_string(), clean),
+        ("app_role".to_string(), role.to_string()),
+        ("pg_bin_dir".to_string(), bin_dir().unwrap_or_default()),
+    ]);
+    let plan = Plan::load(example("data-corruption.yaml"), &registry(), &vars).expect("plan");
+    let state = tempfile::tempdir().unwrap();
+    let executor = Executor::new(Arc::new(FileJournal::new(state.path())));
+    let report = executor
+        .run(&plan, RunOptions::new("negative totals"))
+        .await
+        .expect("run");
+    assert_eq!(report.status, Some(RunStatus::Succeeded), "{report:#?}");
+    assert_eq!(report.checks.len(), 3, "{:#?}", report.checks);
+
+    // The live database is the clean one, writable by the application again.
+    let mut c = connect(&admin, db).await;
+    let corrupt: i64 = sqlx::query_scalar(
+        "SELECT (SELECT count(*) FROM orders WHERE total < 0) + \
+                (SELECT count(*) FROM users WHERE created_at > updated_at)",
+    )
+    .fetch_one(&mut c)
+    .await
+    .unwrap();
+    assert_eq!(corrupt, 0);
+    let ro: String = sqlx::query_scalar("SHOW default_transaction_read_only")
+        .fetch_one(&mut c)
+        .await
+        .unwrap();
+    assert_eq!(ro, "off");
+    let writes: bool = sqlx::query_scalar("SELECT has_table_privilege($1, 'orders', 'INSERT')")
+        .bind(role)
+        .fetch_one(&mut c)
+        .await
+        .unwrap();
+    assert!(writes, "the application role can write again");
+    c.close().await.unwrap();
+
+    // The corrupted state is kept for the investigation: the evidence dump
+    // and the database that was swapped out.
+    let step = |id: &str| report.steps.iter().find(|s| s.id == id).unwrap();
+    assert_eq!(step("evidence").outputs["verified"], true);
+    assert_eq!(step("restore_clean").outputs["safety_backup"], step("evidence").outputs["path"]);
+    let kept = step("restore_clean").outputs["previous"].as_str().unwrap().to_string();
+    let mut c = connect(&admin, &kept).await;
+    let negative: i64 = sqlx::query_scalar("SELECT count(*) FROM orders WHERE total < 0")
+        .fetch_one(&mut c)
+        .await
+        .unwrap();
+    assert!(negative > 0, "{kept} keeps the corrupted rows");
+    c.close().await.unwrap();
+    let mut c = connect(&admin, "postgres").await;
+    c.execute(format!("DROP DATABASE {}", q(&kept)).as_str()).await.unwrap();
+    c.close().await.unwrap();
 }
 
 async fn count(admin: &str, db: &str) -> i64 {

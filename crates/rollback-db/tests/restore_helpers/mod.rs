@@ -124,3 +124,17 @@ pub fn url_with_user(admin: &str, user: &str, password: &str, db: &str) -> Strin
     };
     format!("{scheme}://{}:{}@{host}", enc(user), enc(password))
 }
+
+/// A verified pg_dump of `db` taken with `db.backup` into `dir` (the "last
+/// clean backup" of a procedure); returns its path.
+pub async fn clean_backup(admin: &str, db: &str, dir: &std::path::Path) -> String {
+    use rollback_core::Step;
+    let step = rollback_db::backup::Backup::new(config(serde_json::json!({
+        "url": url_for(admin, db),
+        "dir": dir.to_str().expect("UTF-8 path"),
+        "pg_bin_dir": bin_dir(),
+    })))
+    .expect("backup config");
+    let outputs = step.run(&ctx("clean_backup", dir)).await.expect("clean backup");
+    outputs["path"].as_str().expect("path").to_string()
+}
