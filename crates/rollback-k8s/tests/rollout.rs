@@ -419,3 +419,112 @@ async fn statefulset_undo_goes_through_controller_revisions_like_kubectl() {
         err.message()
     );
 }
+
+/// A DaemonSet `agent` whose template went through `images`, with one
+/// ControllerRevision per image.
+async fn daemonset_history(c: &support::Cluster, images: &[&str]) {
+    let ds: kube::Api<k8s_openapi::api::apps::v1::DaemonSet> =
+        kube::Api::namespaced(c.client.clone(), &c.ns);
+    let revisions: kube::Api<k8s_openapi::api::apps::v1::ControllerRevision> =
+        kube::Api::namespaced(c.client.clone(), &c.ns);
+    let spec = json!({
+        "metadata": {"name": "agent"},
+        "spec": {"selector": {"matchLabels": {"app": "agent"}},
+                 "template": {"metadata": {"labels": {"app": "agent"}},
+                              "spec": {"containers": [{"name": "agent", "image": images[0]}]}}}
+    });
+    ds.create(&Default::default(), &serde_json::from_value(spec).unwrap())
+        .await
+        .unwrap();
+    for (i, image) in images.iter().enumerate() {
+        if i > 0 {
+            let patch = json!({"spec": {"template": {"spec": {"containers": [{"name": "agent", "image": image}]}}}});
+            ds.patch("agent", &PatchParams::default(), &Patch::Strategic(&patch))
+                .await
+                .unwrap();
+        }
+        support::eventually("the daemonset's controller revision", || async {
+            let d = ds.get("agent").await.unwrap();
+            let observed = d.status.as_ref().and_then(|s| s.observed_generation);
+            let kept = revisions
+                .list(&Default::default())
+                .await
+                .unwrap()
+                .items
+                .iter()
+                .filter(|r| {
+                    r.metadata
+                        .owner_references
+                        .iter()
+                        .flatten()
+                        .any(|o| o.kind == "DaemonSet" && o.name == "agent")
+                })
+                .count();
+            observed == d.metadata.generation && kept == i + 1
+        })
+        .await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn daemonset_undo_goes_through_controller_revisions_like_kubectl() {
+    let Some(c) = support::cluster("ds-undo").await else {
+        return;
+    };
+    daemonset_history(&c, &["agent:v1", "agent:v2"]).await;
+    let undo = |to_revision: Option<i64>| {
+        let t = c.target();
+        RolloutUndo::new(RolloutUndoConfig {
+            deployment: String::new(),
+            resource: Some("daemonset/agent".into()),
+            to_revision,
+            conflict_retries: 5,
+            namespace: t.namespace,
+            context: None,
+            kubeconfig: t.kubeconfig,
+        })
+        .unwrap()
+    };
+    let out = undo(None).run(&c.ctx("undo")).await.unwrap();
+    assert_eq!(
+        (out["from_revision"].clone(), out["to_revision"].clone()),
+        (json!(2), json!(1))
+    );
+    let ds: kube::Api<k8s_openapi::api::apps::v1::DaemonSet> =
+        kube::Api::namespaced(c.client.clone(), &c.ns);
+    let ours = ds.get("agent").await.unwrap();
+    assert_eq!(
+        ours.spec.template.spec.as_ref().unwrap().containers[0]
+            .image
+            .as_deref(),
+        Some("agent:v1")
+    );
+    assert!(c
+        .events_on("agent")
+        .await
+        .iter()
+        .any(|e| e.reason.as_deref() == Some("RolledBack")));
+
+    // kubectl from the same history leaves the same template.
+    if let Some(peer) = support::cluster("ds-undo-kubectl")
+        .await
+        .filter(|_| std::env::var("KUBECTL_1_20").is_ok())
+    {
+        daemonset_history(&peer, &["agent:v1", "agent:v2"]).await;
+        peer.kubectl(&["rollout", "undo", "daemonset/agent"]).unwrap();
+        let theirs: kube::Api<k8s_openapi::api::apps::v1::DaemonSet> =
+            kube::Api::namespaced(peer.client.clone(), &peer.ns);
+        let theirs = theirs.get("agent").await.unwrap();
+        assert_eq!(
+            serde_json::to_value(&ours.spec.template).unwrap(),
+            serde_json::to_value(&theirs.spec.template).unwrap()
+        );
+    }
+    // A revision that is not kept.
+    let err = undo(Some(9)).run(&c.ctx("undo")).await.unwrap_err();
+    assert!(
+        err.message().contains("unable to find revision 9"),
+        "{}",
+        err.message()
+    );
+}
