@@ -1023,6 +1023,24 @@ impl Restore {
                 .await;
             let _ = conn.close().await;
         }
+        // A log the checkpoint could not empty belongs to connections still
+        // using the live file: after the swap it would sit beside the
+        // restored file, and SQLite would replay it into that file.
+        let mut wal = live.as_os_str().to_os_string();
+        wal.push("-wal");
+        if let Ok(meta) = tokio::fs::metadata(&wal).await {
+            if meta.len() > 0 {
+                let _ = remove_path(&temp).await;
+                return Err(StepError::fatal(format!(
+                    "{} is in use: its write-ahead log ({} bytes) could not be checkpointed, so the restored copy \
+                     cannot replace it safely ({} is untouched); stop the application first (seed 003: stop \
+                     the app, then restore), e.g. with a compose.stop step before this one",
+                    live.display(),
+                    meta.len(),
+                    live.display()
+                )));
+            }
+        }
         let started = Instant::now();
         remove_path(&before).await?;
         tokio::fs::hard_link(live, &before).await.map_err(|e| {

@@ -113,3 +113,63 @@ async fn sqlite_backup_restore_and_undo() {
     restore.undo(&ctx, &out).await.expect("undo again");
     assert_eq!(orders(&live).await, 11);
 }
+
+/// A connection still reading the live file keeps its write-ahead log from
+/// being checkpointed: the swap is refused (the log would be replayed into
+/// the restored file) and the live file is left as it was.
+#[tokio::test]
+async fn sqlite_restore_refuses_while_the_live_file_is_in_use() {
+    let dir = tempfile::tempdir().unwrap();
+    let live = dir.path().join("busy.db");
+    let mut writer = open(&live).await;
+    writer
+        .execute("PRAGMA journal_mode = WAL; PRAGMA wal_autocheckpoint = 0; CREATE TABLE orders (id INTEGER PRIMARY KEY)")
+        .await
+        .unwrap();
+    writer.execute("INSERT INTO orders VALUES (1), (2), (3)").await.unwrap();
+    let url = format!("sqlite://{}", live.display());
+    let ctx = StepContext::standalone("restore", dir.path().join("state"));
+    let snap = Backup::new(serde_json::from_value::<BackupConfig>(json!({"url": url})).unwrap())
+        .unwrap()
+        .run(&ctx)
+        .await
+        .expect("backup");
+    writer.execute("INSERT INTO orders VALUES (4)").await.unwrap();
+    // The application: an open read transaction pins the log.
+    let mut reader = open(&live).await;
+    reader.execute("BEGIN").await.unwrap();
+    let seen: i64 = sqlx::query_scalar("SELECT count(*) FROM orders")
+        .fetch_one(&mut reader)
+        .await
+        .unwrap();
+    assert_eq!(seen, 4);
+    writer.execute("INSERT INTO orders VALUES (5)").await.unwrap();
+
+    let restore = Restore::new(
+        serde_json::from_value::<RestoreConfig>(json!({"url": url, "from": snap["path"]})).unwrap(),
+    )
+    .unwrap();
+    let err = restore.run(&ctx).await.unwrap_err();
+    assert!(err.message().contains("is in use") && err.message().contains("stop the application"), "{}", err.message());
+    reader.execute("COMMIT").await.unwrap();
+    reader.close().await.unwrap();
+    let rows: i64 = sqlx::query_scalar("SELECT count(*) FROM orders")
+        .fetch_one(&mut writer)
+        .await
+        .unwrap();
+    assert_eq!(rows, 5, "the live file is untouched");
+    writer.close().await.unwrap();
+    let leftovers: Vec<_> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.contains(".restore-") || n.contains(".before-"))
+        .collect();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
+
+    // Once the application has let go, the same restore goes through.
+    let out = restore.run(&ctx).await.expect("restore");
+    assert_eq!(orders(&live).await, 3);
+    assert!(out["previous"].as_str().is_some());
+}
+
