@@ -8,7 +8,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use futures::TryStreamExt;
 use k8s_openapi::api::core::v1::{Endpoints, Pod, Service};
-use kube::api::{Api, ListParams, Patch, PatchParams};
+use kube::api::{Api, ListParams, Patch, PatchParams, WatchEvent, WatchParams};
 use kube::runtime::{watcher, WatchStreamExt};
 use rollback_core::{
     ConfigError, HumanDuration, OutputNames, Outputs, Preview, Step, StepContext, StepError,
@@ -85,6 +85,55 @@ async fn pods_under(
         .collect())
 }
 
+/// One label selector choosing the pods of both `a` and `b`, when they have
+/// the same keys: `svc=shop,version in (blue,green)`.
+fn union_selector(a: &BTreeMap<String, String>, b: &BTreeMap<String, String>) -> Option<String> {
+    let plain = |s: &BTreeMap<String, String>| !s.is_empty() && s.values().all(|v| !v.is_empty());
+    if !plain(a) || !plain(b) || !a.keys().eq(b.keys()) {
+        return None;
+    }
+    let parts: Vec<String> = a
+        .iter()
+        .map(|(k, v)| match &b[k] {
+            w if w == v => format!("{k}={v}"),
+            w => format!("{k} in ({v},{w})"),
+        })
+        .collect();
+    Some(parts.join(","))
+}
+
+/// The pods under `a` and the pods under `b`, from one list when the two
+/// selectors have the same keys (a blue-green switch changes one value:
+/// `version in (blue,green)`), else from two lists read at once.
+async fn pods_under_both(
+    conn: &Conn,
+    a: &BTreeMap<String, String>,
+    b: &BTreeMap<String, String>,
+) -> Result<(Vec<Pod>, Vec<Pod>), StepError> {
+    let Some(union) = union_selector(a, b) else {
+        return futures::try_join!(pods_under(conn, a), pods_under(conn, b));
+    };
+    let api: Api<Pod> = Api::namespaced(conn.client.clone(), &conn.namespace);
+    let list = api
+        .list(&ListParams::default().labels(&union))
+        .await
+        .map_err(|e| api_error(&format!("listing pods with {union}"), e))?;
+    let matches = |pod: &Pod, selector: &BTreeMap<String, String>| {
+        let labels = pod.metadata.labels.as_ref();
+        selector
+            .iter()
+            .all(|(k, v)| labels.and_then(|l| l.get(k)) == Some(v))
+    };
+    let live: Vec<Pod> = list
+        .items
+        .into_iter()
+        .filter(|p| p.metadata.deletion_timestamp.is_none())
+        .collect();
+    let under_a = live.iter().filter(|p| matches(p, a)).cloned().collect();
+    let under_b = live.into_iter().filter(|p| matches(p, b)).collect();
+    Ok((under_a, under_b))
+}
+
 /// The result of a switch.
 #[derive(Debug, Clone)]
 pub struct Switched {
@@ -136,13 +185,11 @@ pub async fn switch_service(
         let changed = selector != previous;
         // The target pods, and the pods only the old selector chose (they
         // must leave the endpoints), read at once.
-        let (target, before) = futures::try_join!(pods_under(conn, &selector), async {
-            if changed {
-                pods_under(conn, &previous).await
-            } else {
-                Ok(Vec::new())
-            }
-        })?;
+        let (target, before) = if changed {
+            pods_under_both(conn, &selector, &previous).await?
+        } else {
+            (pods_under(conn, &selector).await?, Vec::new())
+        };
         let not_ready: Vec<String> = target
             .iter()
             .filter(|p| !is_ready(p) || pod_ip(p).is_none())
@@ -254,6 +301,30 @@ impl EndpointsWatch {
         let fields = format!("metadata.name={service}");
         let (tx, rx) = tokio::sync::watch::channel(None);
         let task = tokio::spawn(async move {
+            // One request: a watch from resourceVersion 0 begins with the
+            // object as the API server's watch cache holds it, then its
+            // changes (a list and then a watch would be two).
+            let params = WatchParams::default().fields(&fields);
+            if let Ok(stream) = api.watch(&params, "0").await {
+                futures::pin_mut!(stream);
+                while let Ok(Some(event)) = stream.try_next().await {
+                    match event {
+                        WatchEvent::Added(ep) | WatchEvent::Modified(ep) => {
+                            if tx.send(Some(ep)).is_err() {
+                                return;
+                            }
+                        }
+                        WatchEvent::Deleted(_) => {
+                            if tx.send(None).is_err() {
+                                return;
+                            }
+                        }
+                        WatchEvent::Bookmark(_) => {}
+                        WatchEvent::Error(_) => break,
+                    }
+                }
+            }
+            // That watch ended or failed: kube's list-then-watch watcher.
             let stream = watcher(api, watcher::Config::default().fields(&fields))
                 .default_backoff()
                 .applied_objects();
@@ -457,5 +528,30 @@ impl Step for SwitchSelector {
         let name = ctx.resolve(&self.config.service)?;
         switch_service(&conn, ctx, &name, &previous, true, 0, self.config.timeout.0).await?;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sel(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+    }
+
+    #[test]
+    fn one_list_covers_both_selectors_when_their_keys_agree() {
+        assert_eq!(
+            union_selector(
+                &sel(&[("svc", "shop"), ("version", "blue")]),
+                &sel(&[("svc", "shop"), ("version", "green")])
+            )
+            .as_deref(),
+            Some("svc=shop,version in (blue,green)")
+        );
+        // Other keys, an empty value or an empty selector: two lists.
+        assert_eq!(union_selector(&sel(&[("app", "a")]), &sel(&[("svc", "a")])), None);
+        assert_eq!(union_selector(&sel(&[("app", "")]), &sel(&[("app", "a")])), None);
+        assert_eq!(union_selector(&sel(&[]), &sel(&[("app", "a")])), None);
     }
 }
