@@ -31,19 +31,7 @@ fn url_as(admin: &str, user: &str, password: &str, db: &str) -> String {
 /// (one with grant option), returning the role's URL.
 async fn setup(admin: &str, db: &str, role: &str) -> String {
     fresh_db(admin, db).await;
-    let mut c = connect(admin, "postgres").await;
-    let exists: bool =
-        sqlx::query_scalar("SELECT exists(SELECT 1 FROM pg_roles WHERE rolname = $1)")
-            .bind(role)
-            .fetch_one(&mut c)
-            .await
-            .unwrap();
-    if !exists {
-        c.execute(format!("CREATE ROLE {} LOGIN PASSWORD 'app pw'", q(role)).as_str())
-            .await
-            .unwrap();
-    }
-    c.close().await.unwrap();
+    ensure_role(admin, role, "LOGIN PASSWORD 'app pw'").await;
     let mut c = connect(admin, db).await;
     c.execute(
         format!(

@@ -282,19 +282,7 @@ async fn failure_during_the_swap_is_rolled_back_and_connections_allowed_again() 
     // were blocked, and must be repaired.
     let role = "rw swapper \"Role\"";
     let db = "rw Swap Fails";
-    let mut c = connect(&admin, "postgres").await;
-    let exists: bool =
-        sqlx::query_scalar("SELECT exists(SELECT 1 FROM pg_roles WHERE rolname = $1)")
-            .bind(role)
-            .fetch_one(&mut c)
-            .await
-            .unwrap();
-    if !exists {
-        c.execute(format!("CREATE ROLE {} LOGIN CREATEDB PASSWORD 'swap pw'", q(role)).as_str())
-            .await
-            .unwrap();
-    }
-    c.close().await.unwrap();
+    ensure_role(&admin, role, "LOGIN CREATEDB PASSWORD 'swap pw'").await;
     fresh_db(&admin, db).await;
     let mut c = connect(&admin, "postgres").await;
     c.execute(format!("ALTER DATABASE {} OWNER TO {}", q(db), q(role)).as_str())

@@ -41,19 +41,7 @@ async fn data_rollback_example_runs_end_to_end() {
     let db = "rx Example Orders";
     let role = "rx example app";
     fresh_db(&admin, db).await;
-    let mut c = connect(&admin, "postgres").await;
-    let exists: bool =
-        sqlx::query_scalar("SELECT exists(SELECT 1 FROM pg_roles WHERE rolname = $1)")
-            .bind(role)
-            .fetch_one(&mut c)
-            .await
-            .unwrap();
-    if !exists {
-        c.execute(format!("CREATE ROLE {} LOGIN", q(role)).as_str())
-            .await
-            .unwrap();
-    }
-    c.close().await.unwrap();
+    ensure_role(&admin, role, "LOGIN").await;
     let mut c = connect(&admin, db).await;
     c.execute(
         format!(
@@ -120,19 +108,7 @@ async fn data_corruption_example_runs_end_to_end() {
     let db = "rc Example Market";
     let role = "rc example app";
     fresh_db(&admin, db).await;
-    let mut c = connect(&admin, "postgres").await;
-    let exists: bool =
-        sqlx::query_scalar("SELECT exists(SELECT 1 FROM pg_roles WHERE rolname = $1)")
-            .bind(role)
-            .fetch_one(&mut c)
-            .await
-            .unwrap();
-    if !exists {
-        c.execute(format!("CREATE ROLE {} LOGIN", q(role)).as_str())
-            .await
-            .unwrap();
-    }
-    c.close().await.unwrap();
+    ensure_role(&admin, role, "LOGIN").await;
     let mut c = connect(&admin, db).await;
     c.execute(
         format!(

@@ -138,3 +138,21 @@ pub async fn clean_backup(admin: &str, db: &str, dir: &std::path::Path) -> Strin
     let outputs = step.run(&ctx("clean_backup", dir)).await.expect("clean backup");
     outputs["path"].as_str().expect("path").to_string()
 }
+
+/// Creates `role` with `options` (e.g. `LOGIN PASSWORD 'pw'`) unless it exists:
+/// roles are server-wide, shared by the tests' databases.
+pub async fn ensure_role(admin: &str, role: &str, options: &str) {
+    let mut c = connect(admin, "postgres").await;
+    let exists: bool = sqlx::query_scalar("SELECT exists(SELECT 1 FROM pg_roles WHERE rolname = $1)")
+        .bind(role)
+        .fetch_one(&mut c)
+        .await
+        .unwrap();
+    if !exists {
+        c.execute(format!("CREATE ROLE {} {options}", q(role)).as_str())
+            .await
+            .unwrap();
+    }
+    c.close().await.unwrap();
+}
+
