@@ -90,8 +90,8 @@ pub enum Error {
     Locked {
         /// The plan's name.
         plan: String,
-        /// Who holds the lock.
-        holder: LockHolder,
+        /// Who holds the lock (boxed: it keeps every `Result` of this crate small).
+        holder: Box<LockHolder>,
     },
     /// The journal could not be written or read.
     #[error("journal at {path}: {source}")]

@@ -126,6 +126,9 @@ pub struct StepInfo {
 }
 
 /// Something that happened during a run.
+// `RunStarted` (the run's facts and steps) is larger than the rest; it comes
+// once per run, so boxing it would only make every match on it longer.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(tag = "event", rename_all = "snake_case")]
 pub enum Event {

@@ -508,8 +508,8 @@ impl Executor {
                 }
             }
             let outcome = run_steps(plan, &base_ctx, &bus, deadline, &mut completed_order).await?;
-            if outcome.failed && plan.on_failure == FailurePolicy::Compensate
-                || outcome.budget_aborted && plan.on_failure == FailurePolicy::Compensate
+            if (outcome.failed || outcome.budget_aborted)
+                && plan.on_failure == FailurePolicy::Compensate
             {
                 compensate(plan, &completed_order, &base_ctx, &bus).await;
             }

@@ -476,7 +476,7 @@ impl FileLock {
                 });
                 Err(Error::Locked {
                     plan: plan.to_string(),
-                    holder,
+                    holder: Box::new(holder),
                 })
             }
             Err(std::fs::TryLockError::Error(e)) => Err(Error::journal(path, e)),
@@ -656,7 +656,7 @@ mod tests {
         let Err(Error::Locked { holder: held, .. }) = store.lock("orders", &holder).await else {
             panic!("second lock must fail")
         };
-        assert_eq!(held, holder);
+        assert_eq!(*held, holder);
         drop(guard);
         store.lock("orders", &holder).await.unwrap();
     }

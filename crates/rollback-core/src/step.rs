@@ -294,8 +294,11 @@ pub struct StepContext {
     pub(crate) resolver: Arc<Resolver>,
     pub(crate) run_dir: PathBuf,
     pub(crate) approver: Arc<dyn Approver>,
-    pub(crate) progress: Arc<dyn Fn(&str, &str) + Send + Sync>,
+    pub(crate) progress: ProgressSink,
 }
+
+/// Where a step's progress lines go: `(step id, message)`.
+pub(crate) type ProgressSink = Arc<dyn Fn(&str, &str) + Send + Sync>;
 
 impl fmt::Debug for StepContext {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {

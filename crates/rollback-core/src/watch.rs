@@ -317,7 +317,7 @@ impl Watcher {
                         reason,
                         run_id: None,
                         status: None,
-                        locked_by: Some(holder),
+                        locked_by: Some(*holder),
                     })
                 }
                 Err(e) => {

@@ -71,7 +71,7 @@ async fn start_prometheus(bin: &str, exporter_port: u16) -> Prometheus {
     )
     .unwrap();
     let port = free_port();
-    let child = std::process::Command::new(bin)
+    let mut child = std::process::Command::new(bin)
         .arg(format!("--config.file={}", config.display()))
         .arg(format!(
             "--storage.tsdb.path={}",
@@ -99,6 +99,8 @@ async fn start_prometheus(bin: &str, exporter_port: u16) -> Prometheus {
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+    let _ = child.kill();
+    let _ = child.wait();
     panic!("prometheus did not become ready at {url} within 20 s");
 }
 
@@ -150,7 +152,7 @@ async fn a_trigger_fires_after_its_duration_once_per_cooldown() {
     let mut healthy_ticks = 0;
     for _ in 0..150 {
         let tick = watcher
-            .tick(&plan, &executor, |reason| RunOptions::new(reason))
+            .tick(&plan, &executor, RunOptions::new)
             .await
             .unwrap();
         assert!(tick.fired.is_none(), "fired while healthy: {tick:?}");
@@ -172,7 +174,7 @@ async fn a_trigger_fires_after_its_duration_once_per_cooldown() {
     let mut violating_without_firing = 0;
     let fired = loop {
         let tick = watcher
-            .tick(&plan, &executor, |reason| RunOptions::new(reason))
+            .tick(&plan, &executor, RunOptions::new)
             .await
             .unwrap();
         let rule = &tick.rules[0];
@@ -210,7 +212,7 @@ async fn a_trigger_fires_after_its_duration_once_per_cooldown() {
     // Still failing, but cooling down: no second run.
     for _ in 0..12 {
         let tick = watcher
-            .tick(&plan, &executor, |reason| RunOptions::new(reason))
+            .tick(&plan, &executor, RunOptions::new)
             .await
             .unwrap();
         assert!(tick.fired.is_none(), "fired twice within the cooldown");

@@ -451,7 +451,7 @@ impl PlanLocker for PgPlanLocker {
             });
         Err(Error::Locked {
             plan: plan.to_string(),
-            holder,
+            holder: Box::new(holder),
         })
     }
 }

@@ -231,7 +231,7 @@ async fn a_crashed_runners_lock_is_freed_with_its_connection() {
     else {
         panic!("second lock must fail")
     };
-    assert_eq!(held, holder("alice"));
+    assert_eq!(*held, holder("alice"));
 
     // The runner "crashes": its session is killed (as when its process dies).
     let mut c = connect(&admin, db).await;

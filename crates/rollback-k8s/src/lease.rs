@@ -93,7 +93,7 @@ fn holder_of(l: &Lease) -> LockHolder {
 fn locked(plan: &str, holder: LockHolder) -> Error {
     Error::Locked {
         plan: plan.to_string(),
-        holder,
+        holder: Box::new(holder),
     }
 }
 
