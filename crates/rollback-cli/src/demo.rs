@@ -241,7 +241,8 @@ pub(crate) async fn quickstart(
     // The broken deploy: v2's config turns the service unhealthy.
     std::fs::write(&conf, "version=v2\nhealthy=false\n").map_err(io_error(&conf))?;
     git(&repo, &["commit", "-q", "-am", "release v2 (broken)"]).await?;
-    let reload = "POST /reload HTTP/1.1\r\nhost: 127.0.0.1\r\ncontent-length: 0\r\n\r\n".to_string();
+    let reload =
+        "POST /reload HTTP/1.1\r\nhost: 127.0.0.1\r\ncontent-length: 0\r\n\r\n".to_string();
     if let Ok(mut stream) =
         TcpStream::connect(("127.0.0.1", port.parse::<u16>().unwrap_or(0))).await
     {

@@ -248,7 +248,9 @@ fn quickstart_passes_and_is_journaled_as_a_drill() {
     .expect("drill.json is JSON");
     assert_eq!(drill["passed"], true);
     // The drill measured each step against the budget.
-    let used = drill["budget_used_percent"].as_f64().expect("budget_used_percent");
+    let used = drill["budget_used_percent"]
+        .as_f64()
+        .expect("budget_used_percent");
     assert!(used > 0.0 && used < 100.0, "{drill:#}");
     assert_eq!(drill["report"]["budget_ms"], 60_000, "{drill:#}");
     let steps = drill["report"]["steps"].as_array().expect("steps");
@@ -259,7 +261,11 @@ fn quickstart_passes_and_is_journaled_as_a_drill() {
     }
     // The release really was broken before the rollback...
     let report = sb.show(run_id);
-    assert_eq!(step(&report, "record_broken_health")["outputs"]["status"], 503, "{report:#}");
+    assert_eq!(
+        step(&report, "record_broken_health")["outputs"]["status"],
+        503,
+        "{report:#}"
+    );
     let markdown = std::fs::read_to_string(sb.run_dir(run_id).join("drill.md")).expect("drill.md");
     for id in ["record_broken_health", "restore_config", "reload_service"] {
         assert!(markdown.contains(id), "drill.md lists {id}:\n{markdown}");

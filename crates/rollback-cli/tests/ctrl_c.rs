@@ -12,7 +12,10 @@ use common::*;
 fn plan(sb: &Sandbox, b_body: &str) -> std::path::PathBuf {
     let counter = sb.file("counter.txt");
     for (name, letter) in [("a.sh", "a"), ("c.sh", "c")] {
-        sb.write(name, &format!("#!/bin/sh\necho {letter} >> {}\n", qp(&counter)));
+        sb.write(
+            name,
+            &format!("#!/bin/sh\necho {letter} >> {}\n", qp(&counter)),
+        );
     }
     sb.write(
         "b.sh",
@@ -44,7 +47,12 @@ fn plan(sb: &Sandbox, b_body: &str) -> std::path::PathBuf {
 fn start(sb: &Sandbox, plan: &std::path::Path) -> std::process::Child {
     let stdout = std::fs::File::create(sb.file("stdout.txt")).expect("stdout file");
     let stderr = std::fs::File::create(sb.file("stderr.txt")).expect("stderr file");
-    let mut cmd = sb.cmd(["run".as_ref(), plan.as_os_str(), "--reason".as_ref(), "test".as_ref()]);
+    let mut cmd = sb.cmd([
+        "run".as_ref(),
+        plan.as_os_str(),
+        "--reason".as_ref(),
+        "test".as_ref(),
+    ]);
     cmd.stdout(stdout).stderr(stderr).process_group(0);
     let child = cmd.spawn().expect("start rollback run");
     wait_for_file(&sb.file("b.marker"), "step b's marker");
@@ -96,7 +104,9 @@ fn ctrl_c_lets_the_running_step_finish_records_the_cancel_and_resume_continues()
     assert_eq!(cancel.len(), 1, "{records:#?}");
     assert_eq!(cancel[0]["running"], serde_json::json!(["b"]));
     assert!(
-        events(&records, "step_started").iter().all(|r| r["step"] != "c"),
+        events(&records, "step_started")
+            .iter()
+            .all(|r| r["step"] != "c"),
         "c must not start after Ctrl-C: {records:#?}"
     );
 
@@ -110,32 +120,49 @@ fn ctrl_c_lets_the_running_step_finish_records_the_cancel_and_resume_continues()
 fn a_second_ctrl_c_quits_at_once_and_ends_the_steps_programs() {
     let sb = Sandbox::new();
     let pidfile = sb.file("sleep.pid");
-    let plan = plan(&sb, &format!("sleep 300 &\necho $! > {}\nwait", qp(&pidfile)));
+    let plan = plan(
+        &sb,
+        &format!("sleep 300 &\necho $! > {}\nwait", qp(&pidfile)),
+    );
     let mut child = start(&sb, &plan);
     wait_for_file(&pidfile, "the pid of b's sleep");
-    let sleep_pid = std::fs::read_to_string(&pidfile).expect("pid").trim().to_string();
+    let sleep_pid = std::fs::read_to_string(&pidfile)
+        .expect("pid")
+        .trim()
+        .to_string();
     ctrl_c(child.id());
     // The first Ctrl-C is being handled once the journal says so.
     let run_id = sb.only_run_id();
     let deadline = std::time::Instant::now() + WAIT;
     while !sb.journal(&run_id).contains("cancel_requested") {
-        assert!(std::time::Instant::now() < deadline, "no cancel_requested in the journal");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no cancel_requested in the journal"
+        );
         std::thread::sleep(std::time::Duration::from_millis(20));
     }
     ctrl_c(child.id());
     let status = wait_child(&mut child, WAIT, "the twice-interrupted run");
     let stderr = std::fs::read_to_string(sb.file("stderr.txt")).expect("stderr");
     assert_eq!(exit_code(status), 130, "{stderr}");
-    assert!(stderr.contains("interrupted; the journal is consistent"), "{stderr}");
+    assert!(
+        stderr.contains("interrupted; the journal is consistent"),
+        "{stderr}"
+    );
 
     // b's program and what it started are gone, not orphaned.
     let gone = |pid: &str| match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
         Err(_) => true,
-        Ok(stat) => stat.rsplit_once(')').is_some_and(|(_, rest)| rest.trim_start().starts_with('Z')),
+        Ok(stat) => stat
+            .rsplit_once(')')
+            .is_some_and(|(_, rest)| rest.trim_start().starts_with('Z')),
     };
     let deadline = std::time::Instant::now() + WAIT;
     while !gone(&sleep_pid) {
-        assert!(std::time::Instant::now() < deadline, "b's `sleep 300` (pid {sleep_pid}) outlived the runner");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "b's `sleep 300` (pid {sleep_pid}) outlived the runner"
+        );
         std::thread::sleep(std::time::Duration::from_millis(20));
     }
     // The interrupted step has no end record: resume runs it again.

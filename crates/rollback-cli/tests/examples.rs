@@ -36,7 +36,9 @@ fn placeholders(text: &str) -> Vec<String> {
             in_vars = line == "vars:";
             continue;
         }
-        let Some(rest) = line.strip_prefix("  ") else { continue };
+        let Some(rest) = line.strip_prefix("  ") else {
+            continue;
+        };
         if !in_vars || rest.starts_with(' ') || rest.starts_with('#') {
             continue;
         }
@@ -69,7 +71,11 @@ fn every_example_plan_validates_with_all_adapters() {
             failures.push(format!("{}:\n{}{}", plan.display(), out.stdout, out.stderr));
         }
     }
-    assert!(failures.is_empty(), "examples that do not validate:\n{}", failures.join("\n"));
+    assert!(
+        failures.is_empty(),
+        "examples that do not validate:\n{}",
+        failures.join("\n")
+    );
 }
 
 #[test]

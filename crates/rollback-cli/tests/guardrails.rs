@@ -704,8 +704,14 @@ fn watch_once_from_cron_runs_the_plan_after_for_and_not_again_within_cooldown() 
     let t1 = Instant::now();
     loop {
         let tick = watch_once(&sb, &plan);
-        assert!(tick["fired"].is_null(), "fired again within the cooldown: {tick:#}");
-        if tick["rules"][0]["violating_for_ms"].as_u64().is_some_and(|ms| ms >= 1000) {
+        assert!(
+            tick["fired"].is_null(),
+            "fired again within the cooldown: {tick:#}"
+        );
+        if tick["rules"][0]["violating_for_ms"]
+            .as_u64()
+            .is_some_and(|ms| ms >= 1000)
+        {
             assert!(tick["cooling_down_until"].is_string(), "{tick:#}");
             break;
         }
@@ -719,7 +725,11 @@ fn watch_once_from_cron_runs_the_plan_after_for_and_not_again_within_cooldown() 
     std::fs::write(&state, "{ not json").expect("damage state");
     let out = sb.run(["watch", s(&plan), "--once"]);
     assert_ne!(out.code, 0, "{}", out.stderr);
-    assert!(out.stderr.contains("watch state is not valid"), "{}", out.stderr);
+    assert!(
+        out.stderr.contains("watch state is not valid"),
+        "{}",
+        out.stderr
+    );
     assert_eq!(runs_logged(&ran), 1);
 }
 

@@ -210,7 +210,12 @@ impl Project {
                 .find(|p| p.is_file())
                 .map(|p| p.display().to_string())
         };
-        let Some(main) = first(&["compose.yaml", "compose.yml", "docker-compose.yml", "docker-compose.yaml"]) else {
+        let Some(main) = first(&[
+            "compose.yaml",
+            "compose.yml",
+            "docker-compose.yml",
+            "docker-compose.yaml",
+        ]) else {
             return Vec::new();
         };
         let mut files = vec![main];
@@ -451,19 +456,43 @@ mod tests {
         };
         let extra = [PathBuf::from("/state/override.yml")];
         // No default file: only the extra one, and the step refuses to run.
-        assert_eq!(project.argv(&extra, &["up"]), ["docker-compose", "-f", "/state/override.yml", "up"]);
-        assert!(project.require_files(&StepContext::standalone("s", dir.path())).is_err());
-        std::fs::write(dir.path().join("docker-compose.yml"), "services: {}\n").unwrap();
-        std::fs::write(dir.path().join("docker-compose.override.yml"), "services: {}\n").unwrap();
-        let main = dir.path().join("docker-compose.yml").display().to_string();
-        let over = dir.path().join("docker-compose.override.yml").display().to_string();
         assert_eq!(
             project.argv(&extra, &["up"]),
-            ["docker-compose", "-f", main.as_str(), "-f", over.as_str(), "-f", "/state/override.yml", "up"]
+            ["docker-compose", "-f", "/state/override.yml", "up"]
+        );
+        assert!(project
+            .require_files(&StepContext::standalone("s", dir.path()))
+            .is_err());
+        std::fs::write(dir.path().join("docker-compose.yml"), "services: {}\n").unwrap();
+        std::fs::write(
+            dir.path().join("docker-compose.override.yml"),
+            "services: {}\n",
+        )
+        .unwrap();
+        let main = dir.path().join("docker-compose.yml").display().to_string();
+        let over = dir
+            .path()
+            .join("docker-compose.override.yml")
+            .display()
+            .to_string();
+        assert_eq!(
+            project.argv(&extra, &["up"]),
+            [
+                "docker-compose",
+                "-f",
+                main.as_str(),
+                "-f",
+                over.as_str(),
+                "-f",
+                "/state/override.yml",
+                "up"
+            ]
         );
         // Without extra files Compose finds its defaults itself.
         assert_eq!(project.argv(&[], &["ps"]), ["docker-compose", "ps"]);
-        assert!(project.require_files(&StepContext::standalone("s", dir.path())).is_ok());
+        assert!(project
+            .require_files(&StepContext::standalone("s", dir.path()))
+            .is_ok());
     }
 
     #[test]

@@ -188,7 +188,9 @@ fn redact_event(resolver: &Resolver, event: Event) -> Event {
     };
     let step = event.step_id().unwrap_or("run").to_string();
     match serde_json::to_value(&event) {
-        Ok(v) => serde_json::from_value(resolver.redact_value(&v)).unwrap_or_else(|_| withheld(step)),
+        Ok(v) => {
+            serde_json::from_value(resolver.redact_value(&v)).unwrap_or_else(|_| withheld(step))
+        }
         Err(_) => withheld(step),
     }
 }
@@ -977,7 +979,11 @@ async fn execute_step(
         match result {
             Ok(outputs) => break (Outcome::Succeeded, outputs, None),
             Err((_, error)) if error.is_interrupted() => {
-                break (Outcome::Interrupted, Outputs::new(), Some(error.full_message()));
+                break (
+                    Outcome::Interrupted,
+                    Outputs::new(),
+                    Some(error.full_message()),
+                );
             }
             Err((outcome, error)) => {
                 let delay = policy.delay(attempt, &error).filter(|d| {

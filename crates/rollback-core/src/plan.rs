@@ -552,9 +552,8 @@ struct Loader<'a> {
 /// Whether `text` holds a `${...}` reference (`$${` is a literal `${`).
 fn holds_reference(text: &str) -> bool {
     let bytes = text.as_bytes();
-    (0..bytes.len().saturating_sub(1)).any(|i| {
-        bytes[i] == b'$' && bytes[i + 1] == b'{' && (i == 0 || bytes[i - 1] != b'$')
-    })
+    (0..bytes.len().saturating_sub(1))
+        .any(|i| bytes[i] == b'$' && bytes[i + 1] == b'{' && (i == 0 || bytes[i - 1] != b'$'))
 }
 
 fn key(k: &str) -> PathSeg {

@@ -108,7 +108,10 @@ fn parse_reference(inner: &str) -> Result<Reference, TemplateError> {
         // Only plan variables may stand in a secret file's path: a path
         // built from another secret or from a step's output is not allowed.
         let only_vars = pieces(path)
-            .map(|ps| ps.iter().all(|p| matches!(p, Piece::Text(_) | Piece::Ref(Reference::Var(_)))))
+            .map(|ps| {
+                ps.iter()
+                    .all(|p| matches!(p, Piece::Text(_) | Piece::Ref(Reference::Var(_))))
+            })
             .unwrap_or(false);
         return if path.is_empty() || !only_vars {
             Err(malformed())
@@ -406,7 +409,10 @@ mod tests {
             "secrets".to_string(),
             dir.path().display().to_string(),
         )]));
-        assert_eq!(r.resolve("pw=${file:${var:secrets}/db.pw}!").unwrap(), "pw=s3cret-pw!");
+        assert_eq!(
+            r.resolve("pw=${file:${var:secrets}/db.pw}!").unwrap(),
+            "pw=s3cret-pw!"
+        );
         assert_eq!(r.redact("got s3cret-pw"), "got ***");
         assert_eq!(
             references("${file:${var:secrets}/db.pw}").unwrap(),
@@ -415,7 +421,11 @@ mod tests {
                 Reference::File("${var:secrets}/db.pw".into())
             ]
         );
-        for bad in ["${file:${env:HOME}/x}", "${file:${steps.a.path}}", "${file:${file:/x}}"] {
+        for bad in [
+            "${file:${env:HOME}/x}",
+            "${file:${steps.a.path}}",
+            "${file:${file:/x}}",
+        ] {
             assert!(
                 matches!(references(bad), Err(TemplateError::Malformed { .. })),
                 "{bad}"

@@ -92,7 +92,12 @@ fn a_reference_in_a_variable_is_refused_where_it_stands() {
     assert_eq!(d.field, "vars.db", "{d:?}");
     assert_eq!((d.line, d.column), (3, 7), "{d:?}");
     assert!(d.message.contains("not resolved in `vars:`"), "{d:?}");
-    assert!(d.hint.as_deref().is_some_and(|h| h.contains("where it is used")), "{d:?}");
+    assert!(
+        d.hint
+            .as_deref()
+            .is_some_and(|h| h.contains("where it is used")),
+        "{d:?}"
+    );
 }
 
 #[test]

@@ -92,7 +92,10 @@ fn newest(path: &Path, name_contains: Option<&str>) -> std::io::Result<Option<Pa
 
 fn archive_of(path: &Path) -> Option<Archive> {
     if path.is_dir() {
-        return path.join("toc.dat").is_file().then_some(Archive::PgDirectory);
+        return path
+            .join("toc.dat")
+            .is_file()
+            .then_some(Archive::PgDirectory);
     }
     let mut head = [0u8; 512];
     let n = std::io::Read::read(&mut std::fs::File::open(path).ok()?, &mut head).ok()?;
@@ -128,7 +131,10 @@ impl Verifier for BackupReady {
         let Some(path) = found else {
             return failed(match &self.config.name_contains {
                 Some(part) if root.is_dir() => {
-                    format!("no backup in {} whose name contains `{part}`", root.display())
+                    format!(
+                        "no backup in {} whose name contains `{part}`",
+                        root.display()
+                    )
                 }
                 _ if root.is_dir() => format!("no backup in {}", root.display()),
                 _ => format!("{} does not exist", root.display()),
@@ -136,8 +142,12 @@ impl Verifier for BackupReady {
         };
         let modified = std::fs::metadata(&path)
             .and_then(|m| m.modified())
-            .map_err(|e| StepError::retryable(format!("cannot stat {}", path.display())).with_source(e))?;
-        let age = SystemTime::now().duration_since(modified).unwrap_or_default();
+            .map_err(|e| {
+                StepError::retryable(format!("cannot stat {}", path.display())).with_source(e)
+            })?;
+        let age = SystemTime::now()
+            .duration_since(modified)
+            .unwrap_or_default();
         let name = path.display();
         let readable = match archive_of(&path) {
             Some(Archive::Sqlite) => sqlite_integrity(&path)
@@ -203,13 +213,24 @@ mod tests {
         write("orders-3.dump.tmp", b"PGDMP");
         write(".orders-4.dump", b"PGDMP");
         let newest_orders = newest(dir.path(), Some("orders-")).unwrap().unwrap();
-        assert!(newest_orders.ends_with("orders-2.dump"), "{}", newest_orders.display());
+        assert!(
+            newest_orders.ends_with("orders-2.dump"),
+            "{}",
+            newest_orders.display()
+        );
         assert!(newest(dir.path(), Some("payments-")).unwrap().is_none());
         assert_eq!(archive_of(&newest_orders), Some(Archive::PgCustom));
 
         std::fs::write(dir.path().join("app.db"), b"SQLite format 3\0rest").unwrap();
-        assert_eq!(archive_of(&dir.path().join("app.db")), Some(Archive::Sqlite));
-        std::fs::write(dir.path().join("plain.sql"), b"-- PostgreSQL database dump\n").unwrap();
+        assert_eq!(
+            archive_of(&dir.path().join("app.db")),
+            Some(Archive::Sqlite)
+        );
+        std::fs::write(
+            dir.path().join("plain.sql"),
+            b"-- PostgreSQL database dump\n",
+        )
+        .unwrap();
         assert_eq!(archive_of(&dir.path().join("plain.sql")), None);
 
         let pg_dir = dir.path().join("orders.dir");

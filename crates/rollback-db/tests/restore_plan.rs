@@ -179,8 +179,14 @@ async fn data_corruption_example_runs_end_to_end() {
     // and the database that was swapped out.
     let step = |id: &str| report.steps.iter().find(|s| s.id == id).unwrap();
     assert_eq!(step("evidence").outputs["verified"], true);
-    assert_eq!(step("restore_clean").outputs["safety_backup"], step("evidence").outputs["path"]);
-    let kept = step("restore_clean").outputs["previous"].as_str().unwrap().to_string();
+    assert_eq!(
+        step("restore_clean").outputs["safety_backup"],
+        step("evidence").outputs["path"]
+    );
+    let kept = step("restore_clean").outputs["previous"]
+        .as_str()
+        .unwrap()
+        .to_string();
     let mut c = connect(&admin, &kept).await;
     let negative: i64 = sqlx::query_scalar("SELECT count(*) FROM orders WHERE total < 0")
         .fetch_one(&mut c)
@@ -189,7 +195,9 @@ async fn data_corruption_example_runs_end_to_end() {
     assert!(negative > 0, "{kept} keeps the corrupted rows");
     c.close().await.unwrap();
     let mut c = connect(&admin, "postgres").await;
-    c.execute(format!("DROP DATABASE {}", q(&kept)).as_str()).await.unwrap();
+    c.execute(format!("DROP DATABASE {}", q(&kept)).as_str())
+        .await
+        .unwrap();
     c.close().await.unwrap();
 }
 

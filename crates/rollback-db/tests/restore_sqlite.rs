@@ -126,7 +126,10 @@ async fn sqlite_restore_refuses_while_the_live_file_is_in_use() {
         .execute("PRAGMA journal_mode = WAL; PRAGMA wal_autocheckpoint = 0; CREATE TABLE orders (id INTEGER PRIMARY KEY)")
         .await
         .unwrap();
-    writer.execute("INSERT INTO orders VALUES (1), (2), (3)").await.unwrap();
+    writer
+        .execute("INSERT INTO orders VALUES (1), (2), (3)")
+        .await
+        .unwrap();
     let url = format!("sqlite://{}", live.display());
     let ctx = StepContext::standalone("restore", dir.path().join("state"));
     let snap = Backup::new(serde_json::from_value::<BackupConfig>(json!({"url": url})).unwrap())
@@ -134,7 +137,10 @@ async fn sqlite_restore_refuses_while_the_live_file_is_in_use() {
         .run(&ctx)
         .await
         .expect("backup");
-    writer.execute("INSERT INTO orders VALUES (4)").await.unwrap();
+    writer
+        .execute("INSERT INTO orders VALUES (4)")
+        .await
+        .unwrap();
     // The application: an open read transaction pins the log.
     let mut reader = open(&live).await;
     reader.execute("BEGIN").await.unwrap();
@@ -143,14 +149,21 @@ async fn sqlite_restore_refuses_while_the_live_file_is_in_use() {
         .await
         .unwrap();
     assert_eq!(seen, 4);
-    writer.execute("INSERT INTO orders VALUES (5)").await.unwrap();
+    writer
+        .execute("INSERT INTO orders VALUES (5)")
+        .await
+        .unwrap();
 
     let restore = Restore::new(
         serde_json::from_value::<RestoreConfig>(json!({"url": url, "from": snap["path"]})).unwrap(),
     )
     .unwrap();
     let err = restore.run(&ctx).await.unwrap_err();
-    assert!(err.message().contains("is in use") && err.message().contains("stop the application"), "{}", err.message());
+    assert!(
+        err.message().contains("is in use") && err.message().contains("stop the application"),
+        "{}",
+        err.message()
+    );
     reader.execute("COMMIT").await.unwrap();
     reader.close().await.unwrap();
     let rows: i64 = sqlx::query_scalar("SELECT count(*) FROM orders")
@@ -172,4 +185,3 @@ async fn sqlite_restore_refuses_while_the_live_file_is_in_use() {
     assert_eq!(orders(&live).await, 3);
     assert!(out["previous"].as_str().is_some());
 }
-

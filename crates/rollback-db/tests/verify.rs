@@ -314,9 +314,15 @@ async fn backup_ready_checks_the_newest_backup_is_recent_and_readable() {
     .await
     .expect("backup");
     let path = taken["path"].as_str().unwrap().to_string();
-    let m = check(json!({"max_age": "1h"})).check(&ctx(&tmp)).await.unwrap();
+    let m = check(json!({"max_age": "1h"}))
+        .check(&ctx(&tmp))
+        .await
+        .unwrap();
     assert!(m.passed, "{m:?}");
-    assert!(m.observed.contains(&path) && m.observed.contains("entries (pg_restore --list)"), "{m:?}");
+    assert!(
+        m.observed.contains(&path) && m.observed.contains("entries (pg_restore --list)"),
+        "{m:?}"
+    );
 
     // Two days old: readable, but too old for a 24h rule.
     let aged = std::process::Command::new("touch")
@@ -324,7 +330,10 @@ async fn backup_ready_checks_the_newest_backup_is_recent_and_readable() {
         .status()
         .unwrap();
     assert!(aged.success());
-    let m = check(json!({"max_age": "24h"})).check(&ctx(&tmp)).await.unwrap();
+    let m = check(json!({"max_age": "24h"}))
+        .check(&ctx(&tmp))
+        .await
+        .unwrap();
     assert!(!m.passed, "{m:?}");
     assert!(m.observed.contains("2days"), "{m:?}");
 
@@ -332,21 +341,28 @@ async fn backup_ready_checks_the_newest_backup_is_recent_and_readable() {
     std::fs::write(backups.join("orders-newer.dump"), b"PGDMP backup bytes").unwrap();
     let m = check(json!({})).check(&ctx(&tmp)).await.unwrap();
     assert!(!m.passed, "{m:?}");
-    assert!(m.observed.contains("orders-newer.dump") && m.observed.contains("pg_restore"), "{m:?}");
+    assert!(
+        m.observed.contains("orders-newer.dump") && m.observed.contains("pg_restore"),
+        "{m:?}"
+    );
 
     // Pointing at the real dump by name still passes; a plain SQL file fails.
-    let m = BackupReady::new(config::<BackupReadyConfig>(json!({"path": path, "pg_bin_dir": bin})))
-        .unwrap()
-        .check(&ctx(&tmp))
-        .await
-        .unwrap();
+    let m = BackupReady::new(config::<BackupReadyConfig>(
+        json!({"path": path, "pg_bin_dir": bin}),
+    ))
+    .unwrap()
+    .check(&ctx(&tmp))
+    .await
+    .unwrap();
     assert!(m.passed, "{m:?}");
     let plain = tmp.path().join("orders.sql");
     std::fs::write(&plain, "-- PostgreSQL database dump\nSELECT 1;\n").unwrap();
-    let m = BackupReady::new(config::<BackupReadyConfig>(json!({"path": plain.to_str().unwrap()})))
-        .unwrap()
-        .check(&ctx(&tmp))
-        .await
-        .unwrap();
+    let m = BackupReady::new(config::<BackupReadyConfig>(
+        json!({"path": plain.to_str().unwrap()}),
+    ))
+    .unwrap()
+    .check(&ctx(&tmp))
+    .await
+    .unwrap();
     assert!(!m.passed && m.observed.contains("pg_dump -Fc"), "{m:?}");
 }

@@ -182,9 +182,11 @@ pub fn build_client(config: Config) -> Result<Client, kube::Error> {
         .with_tls_config(tls)
         .https_or_http();
     if let Some(name) = &config.tls_server_name {
-        let name = rustls::pki_types::ServerName::try_from(name.clone())
-            .map_err(|e| kube::Error::RustlsTls(kube::client::RustlsTlsError::InvalidServerName(e)))?;
-        builder = builder.with_server_name_resolver(hyper_rustls::FixedServerNameResolver::new(name));
+        let name = rustls::pki_types::ServerName::try_from(name.clone()).map_err(|e| {
+            kube::Error::RustlsTls(kube::client::RustlsTlsError::InvalidServerName(e))
+        })?;
+        builder =
+            builder.with_server_name_resolver(hyper_rustls::FixedServerNameResolver::new(name));
     }
     let https = builder.enable_http1().enable_http2().wrap_connector(http);
     let mut timed = hyper_timeout::TimeoutConnector::new(https);
@@ -194,9 +196,9 @@ pub fn build_client(config: Config) -> Result<Client, kube::Error> {
     timed.set_reset_reader_on_write(config.reset_reader_on_write);
     let hyper = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
         .build::<_, kube::client::Body>(timed);
-    let retry = config.default_retry.then(|| {
-        tower::retry::RetryLayer::new(kube::client::retry::RetryPolicy::server_retry())
-    });
+    let retry = config
+        .default_retry
+        .then(|| tower::retry::RetryLayer::new(kube::client::retry::RetryPolicy::server_retry()));
     let service = tower::ServiceBuilder::new()
         .layer(config.base_uri_layer())
         .option_layer(retry)

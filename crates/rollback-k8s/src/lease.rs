@@ -109,7 +109,8 @@ impl LeaseGuard {
     /// expire at its duration.
     async fn clear(api: Api<Lease>, name: String, identity: String) {
         if let Ok(mut l) = api.get(&name).await {
-            if l.spec.as_ref().and_then(|s| s.holder_identity.as_deref()) == Some(identity.as_str()) {
+            if l.spec.as_ref().and_then(|s| s.holder_identity.as_deref()) == Some(identity.as_str())
+            {
                 if let Some(spec) = l.spec.as_mut() {
                     spec.holder_identity = None;
                 }
@@ -124,7 +125,11 @@ impl LeaseGuard {
         if self.identity.is_empty() {
             return None;
         }
-        Some((self.api.clone(), self.name.clone(), std::mem::take(&mut self.identity)))
+        Some((
+            self.api.clone(),
+            self.name.clone(),
+            std::mem::take(&mut self.identity),
+        ))
     }
 }
 

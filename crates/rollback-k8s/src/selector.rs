@@ -536,7 +536,10 @@ mod tests {
     use super::*;
 
     fn sel(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
-        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
     }
 
     #[test]
@@ -550,8 +553,14 @@ mod tests {
             Some("svc=shop,version in (blue,green)")
         );
         // Other keys, an empty value or an empty selector: two lists.
-        assert_eq!(union_selector(&sel(&[("app", "a")]), &sel(&[("svc", "a")])), None);
-        assert_eq!(union_selector(&sel(&[("app", "")]), &sel(&[("app", "a")])), None);
+        assert_eq!(
+            union_selector(&sel(&[("app", "a")]), &sel(&[("svc", "a")])),
+            None
+        );
+        assert_eq!(
+            union_selector(&sel(&[("app", "")]), &sel(&[("app", "a")])),
+            None
+        );
         assert_eq!(union_selector(&sel(&[]), &sel(&[("app", "a")])), None);
     }
 }

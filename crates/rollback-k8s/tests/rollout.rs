@@ -511,7 +511,8 @@ async fn daemonset_undo_goes_through_controller_revisions_like_kubectl() {
         .filter(|_| std::env::var("KUBECTL_1_20").is_ok())
     {
         daemonset_history(&peer, &["agent:v1", "agent:v2"]).await;
-        peer.kubectl(&["rollout", "undo", "daemonset/agent"]).unwrap();
+        peer.kubectl(&["rollout", "undo", "daemonset/agent"])
+            .unwrap();
         let theirs: kube::Api<k8s_openapi::api::apps::v1::DaemonSet> =
             kube::Api::namespaced(peer.client.clone(), &peer.ns);
         let theirs = theirs.get("agent").await.unwrap();

@@ -44,10 +44,14 @@ notify:
         url = silent.url
     );
     // The same steps without notifiers: how long the run takes on its own.
-    let bare_yaml = yaml[..yaml.find("notify:").unwrap()].replace("hung-endpoint", "hung-endpoint-bare");
+    let bare_yaml =
+        yaml[..yaml.find("notify:").unwrap()].replace("hung-endpoint", "hung-endpoint-bare");
     let executor = fx.executor();
     let bare = executor
-        .run(&fx.plan(&bare_yaml), rollback_core::RunOptions::new("baseline"))
+        .run(
+            &fx.plan(&bare_yaml),
+            rollback_core::RunOptions::new("baseline"),
+        )
         .await
         .unwrap();
     assert_eq!(bare.status, Some(RunStatus::Succeeded));

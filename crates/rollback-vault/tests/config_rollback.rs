@@ -32,31 +32,50 @@ async fn the_seeds_configuration_rollback_runs_from_vault_to_a_restarted_deploym
     let vault = StandIn::start(&[TOKEN]).await;
     let good = json!({"db_password": GOOD_PASSWORD, "pool": 10});
     let bad = json!({"db_password": BAD_PASSWORD, "pool": -1});
-    assert_eq!(vault.put("", "secret", "order-service/config", good.clone()), 1);
-    assert_eq!(vault.put("", "secret", "order-service/config", bad.clone()), 2);
+    assert_eq!(
+        vault.put("", "secret", "order-service/config", good.clone()),
+        1
+    );
+    assert_eq!(
+        vault.put("", "secret", "order-service/config", bad.clone()),
+        2
+    );
 
     // The service runs with the bad config.
-    c.deployment("order-service", "shop:v1", 1, &[], json!({})).await;
+    c.deployment("order-service", "shop:v1", 1, &[], json!({}))
+        .await;
     c.rolled_out("order-service").await;
     let configmaps: Api<ConfigMap> = Api::namespaced(c.client.clone(), &c.ns);
     let bad_cm = json!({"metadata": {"name": "order-service-config"},
                         "data": {"config.json": bad.to_string()}});
     configmaps
-        .create(&PostParams::default(), &serde_json::from_value(bad_cm).unwrap())
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(bad_cm).unwrap(),
+        )
         .await
         .unwrap();
 
     // validate-config.sh: a pool must be positive.
     let dir = tempfile::tempdir().unwrap();
     let validator = dir.path().join("validate-config.sh");
-    std::fs::write(&validator, "#!/bin/sh\ngrep -Eq '\"pool\": *[1-9]' \"$1\"\n").unwrap();
-    let chmod = std::process::Command::new("chmod").arg("+x").arg(&validator).status().unwrap();
+    std::fs::write(
+        &validator,
+        "#!/bin/sh\ngrep -Eq '\"pool\": *[1-9]' \"$1\"\n",
+    )
+    .unwrap();
+    let chmod = std::process::Command::new("chmod")
+        .arg("+x")
+        .arg(&validator)
+        .status()
+        .unwrap();
     assert!(chmod.success());
     let config_file = dir.path().join("config.json");
 
     std::env::set_var("VAULT_ADDR", vault.address());
     std::env::set_var("VAULT_TOKEN", TOKEN);
-    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/vault/config-rollback.yaml");
+    let path =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/vault/config-rollback.yaml");
     let mut registry = Registry::with_core_kinds();
     rollback_vault::register(&mut registry);
     rollback_k8s::register(&mut registry);
@@ -80,7 +99,11 @@ async fn the_seeds_configuration_rollback_runs_from_vault_to_a_restarted_deploym
     assert_eq!((version, data), (3, good.clone()));
     let config_step = report.steps.iter().find(|s| s.id == "config").unwrap();
     assert_eq!(config_step.outputs["version"], 3, "{config_step:#?}");
-    assert!(report.checks.iter().all(|ch| ch.passed), "{:#?}", report.checks);
+    assert!(
+        report.checks.iter().all(|ch| ch.passed),
+        "{:#?}",
+        report.checks
+    );
 
     // Kubernetes: the ConfigMap holds it and the Deployment was restarted.
     let cm = configmaps.get("order-service-config").await.unwrap();
@@ -94,7 +117,10 @@ async fn the_seeds_configuration_rollback_runs_from_vault_to_a_restarted_deploym
         .metadata
         .and_then(|m| m.annotations)
         .and_then(|a| a.get(rollback_k8s::workload::RESTARTED_AT).cloned());
-    assert!(restarted.is_some(), "no restartedAt annotation on the pod template");
+    assert!(
+        restarted.is_some(),
+        "no restartedAt annotation on the pod template"
+    );
     c.rolled_out("order-service").await;
 
     // Neither version's values, nor the token, are in the journal.

@@ -662,7 +662,13 @@ fn the_example_plan_loads_with_the_kubernetes_kinds() {
     let kinds: Vec<&str> = plan.steps.iter().map(|s| s.kind.as_str()).collect();
     assert_eq!(
         kinds,
-        ["vault.kv_snapshot", "vault.kv_rollback", "vault.kv_read", "k8s.apply", "k8s.restart"]
+        [
+            "vault.kv_snapshot",
+            "vault.kv_rollback",
+            "vault.kv_read",
+            "k8s.apply",
+            "k8s.restart"
+        ]
     );
     // Run end to end in tests/config_rollback.rs.
 }

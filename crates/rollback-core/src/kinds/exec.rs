@@ -291,7 +291,10 @@ impl Command {
             StepError::fatal(ctx.redact(&format!("{what} of `{program}` failed: {e}")))
                 .with_source(e)
         };
-        let status = child.wait().await.map_err(|e| failed("waiting for the end", e))?;
+        let status = child
+            .wait()
+            .await
+            .map_err(|e| failed("waiting for the end", e))?;
         // The program has exited. A process it left behind that still holds
         // its stdout or stderr would keep the step waiting: after a grace
         // period the rest of its process group is ended.
@@ -336,7 +339,10 @@ fn live_groups() -> &'static std::sync::Mutex<std::collections::BTreeSet<i32>> {
 /// its own process group, out of reach of the terminal's Ctrl-C.
 pub fn end_running_programs() {
     let groups = std::mem::take(&mut *live_groups().lock().unwrap_or_else(|e| e.into_inner()));
-    for pid in groups.into_iter().filter_map(rustix::process::Pid::from_raw) {
+    for pid in groups
+        .into_iter()
+        .filter_map(rustix::process::Pid::from_raw)
+    {
         let _ = rustix::process::kill_process_group(pid, rustix::process::Signal::KILL);
     }
 }
@@ -652,8 +658,14 @@ mod tests {
         // What the executor does on a step timeout: drop the running future.
         let run = tokio::time::timeout(Duration::from_secs(1), step.run(&ctx)).await;
         assert!(run.is_err(), "the step should still be running");
-        let pid = std::fs::read_to_string(&pidfile).unwrap().trim().to_string();
-        assert!(until_ended(&pid).await, "the grandchild `sleep 300` (pid {pid}) is still running");
+        let pid = std::fs::read_to_string(&pidfile)
+            .unwrap()
+            .trim()
+            .to_string();
+        assert!(
+            until_ended(&pid).await,
+            "the grandchild `sleep 300` (pid {pid}) is still running"
+        );
     }
 
     #[tokio::test]
@@ -667,10 +679,20 @@ mod tests {
             .run(&ctx)
             .await
             .expect("runs");
-        assert!(started.elapsed() < Duration::from_secs(20), "took {:?}", started.elapsed());
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "took {:?}",
+            started.elapsed()
+        );
         assert_eq!(outputs["stdout"], "started");
-        let pid = std::fs::read_to_string(&pidfile).unwrap().trim().to_string();
-        assert!(until_ended(&pid).await, "the leftover `sleep 300` (pid {pid}) is still running");
+        let pid = std::fs::read_to_string(&pidfile)
+            .unwrap()
+            .trim()
+            .to_string();
+        assert!(
+            until_ended(&pid).await,
+            "the leftover `sleep 300` (pid {pid}) is still running"
+        );
     }
 
     #[tokio::test]

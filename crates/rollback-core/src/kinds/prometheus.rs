@@ -235,16 +235,29 @@ mod tests {
             headers: BTreeMap::new(),
         })
         .unwrap();
-        let sample = |value: f64| Sample { labels: BTreeMap::new(), value };
+        let sample = |value: f64| Sample {
+            labels: BTreeMap::new(),
+            value,
+        };
         let body = serde_json::json!({"status":"success","data":{"resultType":"scalar","result":[1700000000.1,"NaN"]}});
-        let err = check.measure("q", parse_query_response(&body).unwrap()).unwrap_err();
-        assert!(err.message().contains("NaN") && err.message().contains("unknown"), "{}", err.message());
+        let err = check
+            .measure("q", parse_query_response(&body).unwrap())
+            .unwrap_err();
+        assert!(
+            err.message().contains("NaN") && err.message().contains("unknown"),
+            "{}",
+            err.message()
+        );
         let err = check.measure("q", Vec::new()).unwrap_err();
         assert!(err.message().contains("no data"), "{}", err.message());
         // A NaN series beside a real one: the real one decides.
-        let m = check.measure("q", vec![sample(f64::NAN), sample(0.07)]).unwrap();
+        let m = check
+            .measure("q", vec![sample(f64::NAN), sample(0.07)])
+            .unwrap();
         assert!(!m.passed);
-        let m = check.measure("q", vec![sample(f64::NAN), sample(0.01)]).unwrap();
+        let m = check
+            .measure("q", vec![sample(f64::NAN), sample(0.01)])
+            .unwrap();
         assert!(m.passed);
     }
 

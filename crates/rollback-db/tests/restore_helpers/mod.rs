@@ -135,7 +135,10 @@ pub async fn clean_backup(admin: &str, db: &str, dir: &std::path::Path) -> Strin
         "pg_bin_dir": bin_dir(),
     })))
     .expect("backup config");
-    let outputs = step.run(&ctx("clean_backup", dir)).await.expect("clean backup");
+    let outputs = step
+        .run(&ctx("clean_backup", dir))
+        .await
+        .expect("clean backup");
     outputs["path"].as_str().expect("path").to_string()
 }
 
@@ -143,11 +146,12 @@ pub async fn clean_backup(admin: &str, db: &str, dir: &std::path::Path) -> Strin
 /// roles are server-wide, shared by the tests' databases.
 pub async fn ensure_role(admin: &str, role: &str, options: &str) {
     let mut c = connect(admin, "postgres").await;
-    let exists: bool = sqlx::query_scalar("SELECT exists(SELECT 1 FROM pg_roles WHERE rolname = $1)")
-        .bind(role)
-        .fetch_one(&mut c)
-        .await
-        .unwrap();
+    let exists: bool =
+        sqlx::query_scalar("SELECT exists(SELECT 1 FROM pg_roles WHERE rolname = $1)")
+            .bind(role)
+            .fetch_one(&mut c)
+            .await
+            .unwrap();
     if !exists {
         c.execute(format!("CREATE ROLE {} {options}", q(role)).as_str())
             .await
@@ -155,4 +159,3 @@ pub async fn ensure_role(admin: &str, role: &str, options: &str) {
     }
     c.close().await.unwrap();
 }
-
