@@ -988,7 +988,10 @@ mod tests {
         // Stuck since the last change: fails at once, as kubectl does.
         let stuck = timed_out("2026-12-01T10:08:00Z", "2026-12-01T10:05:00Z");
         assert!(!deadline_predates_spec(&stuck));
-        assert!(matches!(rollout_state_since(&stuck, None), RolloutState::Failed(_)));
+        assert!(matches!(
+            rollout_state_since(&stuck, None),
+            RolloutState::Failed(_)
+        ));
     }
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelectorRequirement;
 
