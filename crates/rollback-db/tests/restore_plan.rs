@@ -42,27 +42,26 @@ async fn data_rollback_example_runs_end_to_end() {
     let role = "rx example app";
     fresh_db(&admin, db).await;
     ensure_role(&admin, role, "LOGIN").await;
-    let mut c = connect(&admin, db).await;
-    c.execute(
-        format!(
+    exec_in(
+        &admin,
+        db,
+        &format!(
             "CREATE TABLE orders (id int PRIMARY KEY, total numeric); \
-             INSERT INTO orders SELECT g, g FROM generate_series(1, 200) g; \
-             GRANT SELECT, INSERT, UPDATE, DELETE ON orders TO {}",
+         INSERT INTO orders SELECT g, g FROM generate_series(1, 200) g; \
+         GRANT SELECT, INSERT, UPDATE, DELETE ON orders TO {}",
             q(role)
-        )
-        .as_str(),
+        ),
     )
-    .await
-    .unwrap();
-    c.close().await.unwrap();
+    .await;
     // Yesterday's backup, then today's bad import.
     let dir = tempfile::tempdir().unwrap();
     let clean = clean_backup(&admin, db, dir.path()).await;
-    let mut c = connect(&admin, db).await;
-    c.execute("UPDATE orders SET total = -total WHERE id % 2 = 0")
-        .await
-        .unwrap();
-    c.close().await.unwrap();
+    exec_in(
+        &admin,
+        db,
+        "UPDATE orders SET total = -total WHERE id % 2 = 0",
+    )
+    .await;
 
     std::env::set_var("ORDERS_DB_URL", url_for(&admin, db));
     let vars = BTreeMap::from([
@@ -109,32 +108,29 @@ async fn data_corruption_example_runs_end_to_end() {
     let role = "rc example app";
     fresh_db(&admin, db).await;
     ensure_role(&admin, role, "LOGIN").await;
-    let mut c = connect(&admin, db).await;
-    c.execute(
-        format!(
-            "CREATE TABLE users (id int PRIMARY KEY, created_at timestamptz, updated_at timestamptz); \
-             INSERT INTO users SELECT g, now() - interval '2 days', now() - interval '1 day' FROM generate_series(1, 50) g; \
-             CREATE TABLE orders (id int PRIMARY KEY, total numeric); \
-             INSERT INTO orders SELECT g, g FROM generate_series(1, 100) g; \
-             GRANT SELECT, INSERT, UPDATE, DELETE ON users, orders TO {}",
-            q(role)
-        )
-        .as_str(),
+    exec_in(
+        &admin,
+        db,
+        &format!(
+        "CREATE TABLE users (id int PRIMARY KEY, created_at timestamptz, updated_at timestamptz); \
+         INSERT INTO users SELECT g, now() - interval '2 days', now() - interval '1 day' FROM generate_series(1, 50) g; \
+         CREATE TABLE orders (id int PRIMARY KEY, total numeric); \
+         INSERT INTO orders SELECT g, g FROM generate_series(1, 100) g; \
+         GRANT SELECT, INSERT, UPDATE, DELETE ON users, orders TO {}",
+        q(role)
+        ),
     )
-    .await
-    .unwrap();
-    c.close().await.unwrap();
+    .await;
     let dir = tempfile::tempdir().unwrap();
     let clean = clean_backup(&admin, db, dir.path()).await;
     // The corruption: negative totals, users updated before they were created.
-    let mut c = connect(&admin, db).await;
-    c.execute(
+    exec_in(
+        &admin,
+        db,
         "UPDATE orders SET total = -total WHERE id % 3 = 0; \
          UPDATE users SET updated_at = created_at - interval '1 hour' WHERE id < 5",
     )
-    .await
-    .unwrap();
-    c.close().await.unwrap();
+    .await;
 
     std::env::set_var("AFRICANMARKET_DB_URL", url_for(&admin, db));
     let vars = BTreeMap::from([

@@ -638,6 +638,11 @@ mod tests {
         }
     }
 
+    /// The pid a test script wrote with `echo $! > FILE`.
+    fn read_pid(file: &std::path::Path) -> String {
+        std::fs::read_to_string(file).unwrap().trim().to_string()
+    }
+
     async fn until_ended(pid: &str) -> bool {
         for _ in 0..100 {
             if ended(pid) {
@@ -658,10 +663,7 @@ mod tests {
         // What the executor does on a step timeout: drop the running future.
         let run = tokio::time::timeout(Duration::from_secs(1), step.run(&ctx)).await;
         assert!(run.is_err(), "the step should still be running");
-        let pid = std::fs::read_to_string(&pidfile)
-            .unwrap()
-            .trim()
-            .to_string();
+        let pid = read_pid(&pidfile);
         assert!(
             until_ended(&pid).await,
             "the grandchild `sleep 300` (pid {pid}) is still running"
@@ -685,10 +687,7 @@ mod tests {
             started.elapsed()
         );
         assert_eq!(outputs["stdout"], "started");
-        let pid = std::fs::read_to_string(&pidfile)
-            .unwrap()
-            .trim()
-            .to_string();
+        let pid = read_pid(&pidfile);
         assert!(
             until_ended(&pid).await,
             "the leftover `sleep 300` (pid {pid}) is still running"

@@ -159,3 +159,10 @@ pub async fn ensure_role(admin: &str, role: &str, options: &str) {
     }
     c.close().await.unwrap();
 }
+
+/// Runs `sql` (several statements allowed) in database `db` as the superuser.
+pub async fn exec_in(admin: &str, db: &str, sql: &str) {
+    let mut c = connect(admin, db).await;
+    c.execute(sql).await.unwrap();
+    c.close().await.unwrap();
+}
