@@ -267,16 +267,27 @@ impl Verifier for PodLogErrors {
             .unwrap_or(300)
             .max(1) as i64;
         let max = self.config.max_lines.unwrap_or(0);
+        // Only containers that have run have logs; asking for the others
+        // fails ("waiting to start"), which is no error of the service.
+        // Terminating pods are leaving the service (out of its endpoints): a
+        // rollback's old pods must not count against the version it restored.
         let targets: Vec<(String, String)> = pods
             .iter()
+            .filter(|p| p.metadata.deletion_timestamp.is_none())
             .flat_map(|p| {
                 let name = p.metadata.name.clone().unwrap_or_default();
-                p.spec
+                p.status
                     .iter()
-                    .flat_map(|s| s.containers.iter())
+                    .flat_map(|s| s.container_statuses.iter().flatten())
+                    .filter(|c| has_run(c))
                     .map(move |c| (name.clone(), c.name.clone()))
             })
             .collect();
+        let pods_read = targets
+            .iter()
+            .map(|(pod, _)| pod)
+            .collect::<std::collections::BTreeSet<_>>()
+            .len();
         let reads = targets.into_iter().map(|(name, container)| {
             let api = api.clone();
             async move {
@@ -294,13 +305,19 @@ impl Verifier for PodLogErrors {
         let total: u64 = logs.iter().map(|l| self.count(l)).sum();
         Ok(Measurement::new(
             total <= max,
-            format!(
-                "{total} matching lines in {} pods over {since}s",
-                pods.len()
-            ),
+            format!("{total} matching lines in {pods_read} pods over {since}s"),
             format!("<= {max}"),
         ))
     }
+}
+
+/// Whether a container has started (so the kubelet holds output of it).
+fn has_run(status: &k8s_openapi::api::core::v1::ContainerStatus) -> bool {
+    let started = |s: &Option<k8s_openapi::api::core::v1::ContainerState>| {
+        s.as_ref()
+            .is_some_and(|s| s.running.is_some() || s.terminated.is_some())
+    };
+    started(&status.state) || started(&status.last_state)
 }
 
 #[cfg(test)]

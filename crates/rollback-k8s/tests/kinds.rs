@@ -463,3 +463,95 @@ async fn lease_locker_excludes_a_second_runner_and_releases() {
     assert!(locker.lock("order-service", &holder("r4")).await.is_ok());
     let _ = HumanDuration(Duration::ZERO);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn pod_log_errors_counts_recent_error_lines_read_through_the_kubelet() {
+    let Some(c) = support::cluster_with_kubelet("pod_log_errors").await else {
+        return;
+    };
+    // Two containers per pod: the API server refuses a log read without a
+    // container name, so this proves every container is named and read.
+    c.deployment(
+        "web",
+        "web:v2",
+        2,
+        &[],
+        json!({"spec": {"template": {"spec": {"containers": [
+            {"name": "app", "image": "web:v2", "env": [{"name": "TEST_STDOUT", "value": "listening on :8080\nERROR upstream reset"}]},
+            {"name": "proxy", "image": "proxy:v1"},
+        ]}}}}),
+    )
+    .await;
+    c.rolled_out("web").await;
+    let kubelet = c.kubelet.as_ref().unwrap();
+    let pods: Api<k8s_openapi::api::core::v1::Pod> = Api::namespaced(c.client.clone(), &c.ns);
+    let names: Vec<String> = pods
+        .list(&Default::default())
+        .await
+        .unwrap()
+        .items
+        .into_iter()
+        .map(|p| p.metadata.name.unwrap())
+        .collect();
+    assert_eq!(names.len(), 2);
+    let now = chrono::Utc::now();
+    // Outside the 5-minute window: not counted.
+    kubelet.write(
+        &c.ns,
+        &names[0],
+        "app",
+        now - chrono::Duration::minutes(20),
+        "ERROR old outage",
+    );
+    kubelet.write(&c.ns, &names[0], "proxy", now, "ERROR 502 from app");
+    kubelet.write(&c.ns, &names[1], "proxy", now, "GET / 200");
+    let ctx = StepContext::standalone("verify", c.dir.path());
+
+    // 2 startup errors + 1 proxy error in the last 5 minutes.
+    let strict = verifier(
+        &c,
+        "k8s.pod_log_errors",
+        json!({"selector": "app=web", "since": "5m"}),
+    );
+    let m = strict.check(&ctx).await.unwrap();
+    assert_eq!(
+        (m.passed, m.observed.as_str(), m.expected.as_str()),
+        (false, "3 matching lines in 2 pods over 300s", "<= 0"),
+    );
+    let tolerant = verifier(
+        &c,
+        "k8s.pod_log_errors",
+        json!({"selector": "app=web", "since": "5m", "max_lines": 3}),
+    );
+    assert!(tolerant.check(&ctx).await.unwrap().passed);
+    let wider = verifier(
+        &c,
+        "k8s.pod_log_errors",
+        json!({"selector": "app=web", "since": "1h", "pattern": "ERROR (old|502)"}),
+    );
+    assert_eq!(
+        wider.check(&ctx).await.unwrap().observed,
+        "2 matching lines in 2 pods over 3600s"
+    );
+
+    // Pods whose containers never started have no logs to read: skipped, not
+    // an error (the kubelet would refuse the read).
+    c.set_image("web", "web:pending").await;
+    support::eventually("pending pods", || async {
+        pods.list(&Default::default())
+            .await
+            .unwrap()
+            .items
+            .iter()
+            .filter(|p| {
+                p.status
+                    .as_ref()
+                    .is_some_and(|s| s.container_statuses.is_some())
+            })
+            .count()
+            == 4
+    })
+    .await;
+    let m = strict.check(&ctx).await.unwrap();
+    assert_eq!(m.observed, "3 matching lines in 2 pods over 300s");
+}

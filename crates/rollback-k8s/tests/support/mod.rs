@@ -2,13 +2,17 @@
 //! `scripts/testenv/k8s.sh`: a namespace per test, and a node player that does
 //! what a kubelet and scheduler would (as kwok does): it registers a Ready
 //! Node, binds each Pod to it, marks it Running and Ready with a pod IP — except
-//! Pods whose image tag is `bad`, which stay not Ready — and finishes the
+//! Pods whose image tag is `bad`, which run but stay not Ready, and Pods whose
+//! image tag is `pending`, whose containers never start — and finishes the
 //! deletion of terminating Pods. Deployments then really roll out and roll
 //! back, ReplicaSets carry revisions and Endpoints follow readiness.
 #![allow(dead_code)]
 
+pub mod kubelet;
+
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use futures::TryStreamExt;
@@ -21,7 +25,7 @@ use rollback_core::StepContext;
 use rollback_k8s::{Conn, Target};
 use serde_json::{json, Value};
 
-/// The node every Pod is bound to.
+/// The node Pods are bound to, unless the test plays its own kubelet.
 pub const NODE: &str = "rollback-test-node";
 
 /// A namespace on the test cluster with a node player serving it.
@@ -30,6 +34,10 @@ pub struct Cluster {
     pub ns: String,
     pub kubeconfig: String,
     pub dir: tempfile::TempDir,
+    /// The node this namespace's Pods are bound to.
+    pub node: String,
+    /// The node's log endpoint, for [`cluster_with_kubelet`].
+    pub kubelet: Option<Arc<kubelet::Kubelet>>,
     player: tokio::task::JoinHandle<()>,
 }
 
@@ -44,6 +52,17 @@ static COUNTER: AtomicU32 = AtomicU32::new(0);
 /// Connects to the test cluster, or returns `None` (test skipped) when
 /// `scripts/testenv/k8s.sh` has not been run.
 pub async fn cluster(test: &str) -> Option<Cluster> {
+    start(test, false).await
+}
+
+/// Like [`cluster`], with Pods bound to a node of the test's own whose kubelet
+/// log endpoint is played ([`kubelet::Kubelet`]), so `pods/log` works. The
+/// node is named after the test, so reruns reuse it.
+pub async fn cluster_with_kubelet(test: &str) -> Option<Cluster> {
+    start(test, true).await
+}
+
+async fn start(test: &str, with_kubelet: bool) -> Option<Cluster> {
     rollback_core::testing::require_env("ROLLBACK_K8S_TEST")?;
     let kubeconfig = rollback_core::testing::require_env("KUBECONFIG")?;
     rollback_k8s::install_crypto_provider();
@@ -51,7 +70,18 @@ pub async fn cluster(test: &str) -> Option<Cluster> {
         .await
         .expect("kubeconfig");
     let client = rollback_k8s::client::build_client(config).expect("client");
-    ensure_node(&client).await;
+    let (node, kubelet) = if with_kubelet {
+        let kubelet = Arc::new(kubelet::Kubelet::start().await);
+        let node: String = format!("rollback-kubelet-{}", test.replace('_', "-"))
+            .chars()
+            .take(63)
+            .collect();
+        ensure_node(&client, &node, Some(kubelet.port())).await;
+        (node, Some(kubelet))
+    } else {
+        ensure_node(&client, NODE, None).await;
+        (NODE.to_string(), None)
+    };
     let ns = format!(
         "{}-{}-{}",
         test.replace('_', "-"),
@@ -82,12 +112,19 @@ pub async fn cluster(test: &str) -> Option<Cluster> {
             .is_some_and(|a| a.secrets.is_some_and(|s| !s.is_empty()))
     })
     .await;
-    let player = tokio::spawn(play_node(client.clone(), ns.clone()));
+    let player = tokio::spawn(play_node(
+        client.clone(),
+        ns.clone(),
+        node.clone(),
+        kubelet.clone(),
+    ));
     Some(Cluster {
         client,
         ns,
         kubeconfig,
         dir: tempfile::tempdir().unwrap(),
+        node,
+        kubelet,
         player,
     })
 }
@@ -108,10 +145,10 @@ where
     panic!("timed out waiting for {what}");
 }
 
-async fn ensure_node(client: &Client) {
+async fn ensure_node(client: &Client, name: &str, kubelet_port: Option<u16>) {
     let nodes: Api<Node> = Api::all(client.clone());
-    if nodes.get_opt(NODE).await.unwrap().is_none() {
-        let node = json!({"metadata": {"name": NODE, "labels": {"kubernetes.io/hostname": NODE}}});
+    if nodes.get_opt(name).await.unwrap().is_none() {
+        let node = json!({"metadata": {"name": name, "labels": {"kubernetes.io/hostname": name}}});
         let _ = nodes
             .create(
                 &PostParams::default(),
@@ -120,7 +157,7 @@ async fn ensure_node(client: &Client) {
             .await;
     }
     let now = now();
-    let status = json!({"status": {
+    let mut status = json!({"status": {
         "capacity": {"cpu": "64", "memory": "256Gi", "pods": "1000"},
         "allocatable": {"cpu": "64", "memory": "256Gi", "pods": "1000"},
         "conditions": [{"type": "Ready", "status": "True", "reason": "KubeletReady",
@@ -128,8 +165,11 @@ async fn ensure_node(client: &Client) {
                         "lastHeartbeatTime": now, "lastTransitionTime": now}],
         "addresses": [{"type": "InternalIP", "address": "127.0.0.1"}],
     }});
+    if let Some(port) = kubelet_port {
+        status["status"]["daemonEndpoints"] = json!({"kubeletEndpoint": {"Port": port}});
+    }
     nodes
-        .patch_status(NODE, &PatchParams::default(), &Patch::Merge(&status))
+        .patch_status(name, &PatchParams::default(), &Patch::Merge(&status))
         .await
         .expect("mark the node Ready");
 }
@@ -138,12 +178,18 @@ fn now() -> String {
     chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
 }
 
-fn is_bad(pod: &Pod) -> bool {
+fn has_tag(pod: &Pod, tag: &str) -> bool {
     pod.spec.as_ref().is_some_and(|s| {
-        s.containers
-            .iter()
-            .any(|c| c.image.as_deref().is_some_and(|i| i.ends_with(":bad")))
+        s.containers.iter().any(|c| {
+            c.image
+                .as_deref()
+                .is_some_and(|i| i.rsplit_once(':').is_some_and(|(_, t)| t == tag))
+        })
     })
+}
+
+fn is_bad(pod: &Pod) -> bool {
+    has_tag(pod, "bad")
 }
 
 fn ip_for(uid: &str) -> String {
@@ -153,7 +199,12 @@ fn ip_for(uid: &str) -> String {
 }
 
 /// Plays kubelet and scheduler for one namespace.
-async fn play_node(client: Client, ns: String) {
+async fn play_node(
+    client: Client,
+    ns: String,
+    node: String,
+    kubelet: Option<Arc<kubelet::Kubelet>>,
+) {
     let api: Api<Pod> = Api::namespaced(client.clone(), &ns);
     let stream = watcher(api.clone(), watcher::Config::default())
         .default_backoff()
@@ -161,11 +212,13 @@ async fn play_node(client: Client, ns: String) {
     futures::pin_mut!(stream);
     while let Ok(Some(pod)) = stream.try_next().await {
         let api = api.clone();
-        tokio::spawn(async move { serve(&api, pod).await });
+        let node = node.clone();
+        let kubelet = kubelet.clone();
+        tokio::spawn(async move { serve(&api, pod, &node, kubelet.as_deref()).await });
     }
 }
 
-async fn serve(api: &Api<Pod>, pod: Pod) {
+async fn serve(api: &Api<Pod>, pod: Pod, node: &str, kubelet: Option<&kubelet::Kubelet>) {
     let name = pod.metadata.name.clone().unwrap_or_default();
     if pod.metadata.deletion_timestamp.is_some() {
         let _ = api
@@ -176,14 +229,32 @@ async fn serve(api: &Api<Pod>, pod: Pod) {
     let spec = pod.spec.clone().unwrap_or_default();
     if spec.node_name.is_none() {
         let binding = json!({"apiVersion": "v1", "kind": "Binding", "metadata": {"name": name},
-                             "target": {"apiVersion": "v1", "kind": "Node", "name": NODE}});
+                             "target": {"apiVersion": "v1", "kind": "Node", "name": node}});
         let _ = api
             .create_subresource::<Value, Value>("binding", &name, &PostParams::default(), &binding)
             .await;
         return;
     }
-    let ready = !is_bad(&pod);
     let status = pod.status.clone().unwrap_or_default();
+    if has_tag(&pod, "pending") {
+        if status.container_statuses.is_none() {
+            let waiting: Vec<Value> = spec
+                .containers
+                .iter()
+                .map(|c| {
+                    json!({"name": c.name, "image": c.image, "imageID": "", "ready": false,
+                           "restartCount": 0, "state": {"waiting": {"reason": "ContainerCreating"}}})
+                })
+                .collect();
+            let patch = json!({"status": {"phase": "Pending", "hostIP": "127.0.0.1",
+                                          "containerStatuses": waiting}});
+            let _ = api
+                .patch_status(&name, &PatchParams::default(), &Patch::Merge(&patch))
+                .await;
+        }
+        return;
+    }
+    let ready = !is_bad(&pod);
     let is_ready_now = status
         .conditions
         .iter()
@@ -194,6 +265,9 @@ async fn serve(api: &Api<Pod>, pod: Pod) {
         && status.pod_ip.is_some()
     {
         return;
+    }
+    if let Some(kubelet) = kubelet {
+        kubelet.start_containers(&pod);
     }
     let ip = ip_for(pod.metadata.uid.as_deref().unwrap_or(&name));
     let now = now();
