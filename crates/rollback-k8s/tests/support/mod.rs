@@ -42,8 +42,38 @@ pub struct Cluster {
 }
 
 impl Drop for Cluster {
+    /// Deletes the test's namespace, so that leftovers do not load the
+    /// controller manager for the tests after (the control plane outlives the
+    /// run). Its Pods are force-deleted: no kubelet will finish their graceful
+    /// deletion once the player is gone. A failed test keeps its namespace
+    /// for inspection.
     fn drop(&mut self) {
         self.player.abort();
+        if std::thread::panicking() {
+            eprintln!("kept namespace {} of the failed test", self.ns);
+            return;
+        }
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        if runtime.runtime_flavor() != tokio::runtime::RuntimeFlavor::MultiThread {
+            return;
+        }
+        let client = self.client.clone();
+        let ns = self.ns.clone();
+        tokio::task::block_in_place(|| {
+            runtime.block_on(async move {
+                let namespaces: Api<Namespace> = Api::all(client.clone());
+                let _ = namespaces.delete(&ns, &DeleteParams::default()).await;
+                let pods: Api<Pod> = Api::namespaced(client, &ns);
+                let _ = pods
+                    .delete_collection(
+                        &DeleteParams::default().grace_period(0),
+                        &ListParams::default(),
+                    )
+                    .await;
+            })
+        });
     }
 }
 
