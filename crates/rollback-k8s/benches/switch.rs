@@ -34,6 +34,81 @@ const SERVICES: [&str; 4] = [
     "payment-service",
 ];
 
+/// CPU time used by the control plane's processes (and this one), read from
+/// /proc: where a round's work goes on the shared cores.
+#[derive(Clone, Copy, Default)]
+struct CpuTime {
+    apiserver: Duration,
+    etcd: Duration,
+    controller_manager: Duration,
+    bench: Duration,
+}
+
+impl CpuTime {
+    fn now() -> CpuTime {
+        let dir = std::env::var("ROLLBACK_TESTENV_DIR")
+            .unwrap_or_else(|_| "/tmp/rollback-testenv".into());
+        let of = |name: &str| {
+            std::fs::read_to_string(format!("{dir}/k8s/{name}.pid"))
+                .ok()
+                .and_then(|p| process_cpu(p.trim()))
+                .unwrap_or_default()
+        };
+        CpuTime {
+            apiserver: of("apiserver"),
+            etcd: of("etcd"),
+            controller_manager: of("controller-manager"),
+            bench: process_cpu("self").unwrap_or_default(),
+        }
+    }
+
+    /// Per round, since `start`.
+    fn per_round_since(start: CpuTime) -> CpuTime {
+        let end = CpuTime::now();
+        let per = |a: Duration, b: Duration| a.saturating_sub(b) / ROUNDS as u32;
+        CpuTime {
+            apiserver: per(end.apiserver, start.apiserver),
+            etcd: per(end.etcd, start.etcd),
+            controller_manager: per(end.controller_manager, start.controller_manager),
+            bench: per(end.bench, start.bench),
+        }
+    }
+
+    /// Total CPU above an idle round's.
+    fn above(&self, idle: CpuTime) -> Duration {
+        self.apiserver.saturating_sub(idle.apiserver)
+            + self.etcd.saturating_sub(idle.etcd)
+            + self
+                .controller_manager
+                .saturating_sub(idle.controller_manager)
+            + self.bench.saturating_sub(idle.bench)
+    }
+
+    fn line(&self) -> String {
+        format!(
+            "CPU per round: apiserver {:.1} ms, etcd {:.1} ms, controller-manager {:.1} ms, this process {:.1} ms",
+            ms(self.apiserver),
+            ms(self.etcd),
+            ms(self.controller_manager),
+            ms(self.bench)
+        )
+    }
+}
+
+/// Time on CPU of every thread of a process (`/proc/PID/task/*/schedstat`).
+fn process_cpu(pid: &str) -> Option<Duration> {
+    let mut total = 0u64;
+    for task in std::fs::read_dir(format!("/proc/{pid}/task")).ok()? {
+        let stat = std::fs::read_to_string(task.ok()?.path().join("schedstat")).unwrap_or_default();
+        total += stat
+            .split_whitespace()
+            .next()
+            .and_then(|n| n.parse::<u64>().ok())
+            .unwrap_or(0);
+    }
+    Some(Duration::from_nanos(total))
+}
+
 fn median(mut v: Vec<Duration>) -> Duration {
     v.sort();
     v[v.len() / 2]
@@ -105,7 +180,19 @@ async fn engine(
 
 /// The switch action alone (the library call the step makes: readiness check,
 /// guarded patch, endpoints confirmed by watch, Event), without the executor.
-async fn action(c: &support::Cluster, services: &[&str], a: &str, b: &str) -> Duration {
+async fn action(c: &support::Cluster, services: &[&'static str], a: &str, b: &str) -> Duration {
+    actions(c, services, a, b, true).await
+}
+
+/// The switch actions concurrently (as the engine runs independent steps) or
+/// one after another.
+async fn actions(
+    c: &support::Cluster,
+    services: &[&'static str],
+    a: &str,
+    b: &str,
+    concurrent: bool,
+) -> Duration {
     let conn = c.conn();
     let mut times = Vec::new();
     for round in 0..ROUNDS {
@@ -114,7 +201,7 @@ async fn action(c: &support::Cluster, services: &[&str], a: &str, b: &str) -> Du
         let ctx = c.ctx("bench");
         tokio::time::sleep(SETTLE).await;
         let started = Instant::now();
-        let switches = services.iter().map(|s| {
+        let switch = |s: &'static str| {
             rollback_k8s::selector::switch_service(
                 &conn,
                 &ctx,
@@ -124,10 +211,16 @@ async fn action(c: &support::Cluster, services: &[&str], a: &str, b: &str) -> Du
                 1,
                 Duration::from_secs(30),
             )
-        });
-        futures::future::try_join_all(switches)
-            .await
-            .expect("switch");
+        };
+        if concurrent {
+            futures::future::try_join_all(services.iter().map(|s| switch(s)))
+                .await
+                .expect("switch");
+        } else {
+            for s in services {
+                switch(s).await.expect("switch");
+            }
+        }
         times.push(started.elapsed());
     }
     median(times)
@@ -234,14 +327,26 @@ async fn main() {
     let executor = Executor::new(Arc::new(FileJournal::new(c.dir.path().join("state"))));
 
     let floor = executor_floor(&c, &executor, &registry).await;
+    let start = CpuTime::now();
     let one_action = action(&c, &["shop"], "blue", "green").await;
+    let one_action_cpu = CpuTime::per_round_since(start);
+    let start = CpuTime::now();
     let four_action = action(&c, &SERVICES, "stable", "canary").await;
+    let four_action_cpu = CpuTime::per_round_since(start);
+    let four_in_sequence = actions(&c, &SERVICES, "stable", "canary", false).await;
     let one_engine = engine(&c, &executor, &registry, &["shop"], "blue", "green").await;
     let one_kubectl = with_kubectl(&c, &bin, &["shop"], "green", "blue", false);
     let one_kubectl_verified = with_kubectl(&c, &bin, &["shop"], "blue", "green", true);
     let four_engine = engine(&c, &executor, &registry, &SERVICES, "stable", "canary").await;
     let four_kubectl = with_kubectl(&c, &bin, &SERVICES, "stable", "canary", false);
     let four_kubectl_verified = with_kubectl(&c, &bin, &SERVICES, "stable", "canary", true);
+    // Measured last: at the start, the namespace a previous run deleted may
+    // still be being cleaned up by the controller manager.
+    let start = CpuTime::now();
+    for _ in 0..ROUNDS {
+        tokio::time::sleep(SETTLE).await;
+    }
+    let idle_cpu = CpuTime::per_round_since(start);
 
     println!(
         "switch benchmark: median of {ROUNDS} rounds {} s apart, kube-apiserver 1.20 on 127.0.0.1",
@@ -254,6 +359,7 @@ async fn main() {
         "  executor floor (one-step plan, journal synced)   {:8.1} ms",
         ms(floor)
     );
+    println!("  idle control plane, {}", idle_cpu.line());
     println!();
     println!("  blue-green, 1 service");
     println!(
@@ -274,11 +380,25 @@ async fn main() {
         ms(one_kubectl_verified),
         ms(one_kubectl_verified) / ms(one_engine)
     );
+    println!("      {}", one_action_cpu.line());
     println!("  emergency, 4 services");
     println!(
         "    switch actions, 4 concurrent           {:8.1} ms   ({:.2}x one)",
         ms(four_action),
         ms(four_action) / ms(one_action)
+    );
+    println!("      {}", four_action_cpu.line());
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let busy = four_action_cpu.above(idle_cpu);
+    println!(
+        "      above idle: {:.1} ms of CPU, so at least {:.1} ms on {cores} cores",
+        ms(busy),
+        ms(busy) / cores as f64
+    );
+    println!(
+        "    switch actions, 4 one after another    {:8.1} ms   ({:.2}x one)",
+        ms(four_in_sequence),
+        ms(four_in_sequence) / ms(one_action)
     );
     println!(
         "    engine (4 steps in parallel)           {:8.1} ms   ({:.2}x one switch)",

@@ -68,7 +68,11 @@ fn pod_ip(pod: &Pod) -> Option<String> {
     pod.status.as_ref()?.pod_ip.clone()
 }
 
-/// Active (non-terminating) pods matching `selector`.
+/// Active (non-terminating) pods matching `selector`, read from etcd (a
+/// quorum read: the safety check must not see stale readiness). A list "not
+/// older than" the Service's resourceVersion would come from the watch cache,
+/// but a 1.20 API server's pod cache only advances on pod events: on a quiet
+/// namespace it waits 3 s and answers 504.
 async fn pods_under(
     conn: &Conn,
     selector: &BTreeMap<String, String>,
