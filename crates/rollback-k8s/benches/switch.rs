@@ -27,12 +27,7 @@ const ROUNDS: usize = 12;
 /// that would measure the controller's throttle, not the switch.
 const SETTLE: Duration = Duration::from_millis(1600);
 
-const SERVICES: [&str; 4] = [
-    "user-service",
-    "catalog-service",
-    "order-service",
-    "payment-service",
-];
+const SERVICES: [&str; 4] = support::EMERGENCY_SERVICES;
 
 /// CPU time used by the control plane's processes (and this one), read from
 /// /proc: where a round's work goes on the shared cores.
@@ -179,13 +174,8 @@ async fn engine(
 }
 
 /// The switch action alone (the library call the step makes: readiness check,
-/// guarded patch, endpoints confirmed by watch, Event), without the executor.
-async fn action(c: &support::Cluster, services: &[&'static str], a: &str, b: &str) -> Duration {
-    actions(c, services, a, b, true).await
-}
-
-/// The switch actions concurrently (as the engine runs independent steps) or
-/// one after another.
+/// guarded patch, endpoints confirmed by watch, Event), without the executor:
+/// concurrently (as the engine runs independent steps) or one after another.
 async fn actions(
     c: &support::Cluster,
     services: &[&'static str],
@@ -299,28 +289,11 @@ async fn main() {
     }
     c.service("shop", &[("svc", "shop"), ("version", "green")])
         .await;
-    // Emergency: four services, stable and canary each.
-    for s in SERVICES {
-        for v in ["stable", "canary"] {
-            c.deployment(
-                &format!("{s}-{v}"),
-                "shop:v1",
-                1,
-                &[("svc", s), ("version", v)],
-                json!({}),
-            )
-            .await;
-        }
-        c.service(s, &[("svc", s), ("version", "canary")]).await;
-    }
     for v in ["blue", "green"] {
         c.rolled_out(&format!("shop-{v}")).await;
     }
-    for s in SERVICES {
-        for v in ["stable", "canary"] {
-            c.rolled_out(&format!("{s}-{v}")).await;
-        }
-    }
+    // Emergency: four services, stable and canary each.
+    c.emergency_services().await;
 
     let mut registry = Registry::with_core_kinds();
     rollback_k8s::register(&mut registry);
@@ -328,10 +301,10 @@ async fn main() {
 
     let floor = executor_floor(&c, &executor, &registry).await;
     let start = CpuTime::now();
-    let one_action = action(&c, &["shop"], "blue", "green").await;
+    let one_action = actions(&c, &["shop"], "blue", "green", true).await;
     let one_action_cpu = CpuTime::per_round_since(start);
     let start = CpuTime::now();
-    let four_action = action(&c, &SERVICES, "stable", "canary").await;
+    let four_action = actions(&c, &SERVICES, "stable", "canary", true).await;
     let four_action_cpu = CpuTime::per_round_since(start);
     let four_in_sequence = actions(&c, &SERVICES, "stable", "canary", false).await;
     let one_engine = engine(&c, &executor, &registry, &["shop"], "blue", "green").await;

@@ -119,17 +119,8 @@ async fn blue_green_rollback_switches_to_blue_and_removes_green() {
     c.rolled_out("shop-green").await;
 
     let report = run_example(&c, "blue-green-rollback.yaml", &[("service", "shop")]).await;
-    let selector = c
-        .services()
-        .get("shop")
-        .await
-        .unwrap()
-        .spec
-        .unwrap()
-        .selector
-        .unwrap();
     assert_eq!(
-        selector,
+        c.selector("shop").await,
         BTreeMap::from([
             ("svc".to_string(), "shop".to_string()),
             ("version".to_string(), "blue".to_string())
@@ -150,25 +141,7 @@ async fn emergency_rollback_switches_deletes_canaries_and_applies_last_known_goo
     let Some(c) = support::cluster("example_emergency").await else {
         return;
     };
-    let services = [
-        "user-service",
-        "catalog-service",
-        "order-service",
-        "payment-service",
-    ];
-    for s in services {
-        for version in ["stable", "canary"] {
-            c.deployment(
-                &format!("{s}-{version}"),
-                &format!("shop:{version}"),
-                1,
-                &[("svc", s), ("version", version)],
-                json!({}),
-            )
-            .await;
-        }
-        c.service(s, &[("svc", s), ("version", "canary")]).await;
-    }
+    c.emergency_services().await;
     let config: Api<ConfigMap> = Api::namespaced(c.client.clone(), &c.ns);
     config
         .create(
@@ -186,9 +159,6 @@ async fn emergency_rollback_switches_deletes_canaries_and_applies_last_known_goo
         "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: checkout\ndata:\n  new_checkout: \"off\"\n",
     )
     .unwrap();
-    for s in services {
-        c.rolled_out(&format!("{s}-stable")).await;
-    }
 
     let report = run_example(
         &c,
@@ -196,17 +166,8 @@ async fn emergency_rollback_switches_deletes_canaries_and_applies_last_known_goo
         &[("last_known_good", last_known_good.to_str().unwrap())],
     )
     .await;
-    for s in services {
-        let selector = c
-            .services()
-            .get(s)
-            .await
-            .unwrap()
-            .spec
-            .unwrap()
-            .selector
-            .unwrap();
-        assert_eq!(selector["version"], "stable", "{s}");
+    for s in support::EMERGENCY_SERVICES {
+        assert_eq!(c.selector(s).await["version"], "stable", "{s}");
         assert!(
             c.deployments()
                 .get_opt(&format!("{s}-canary"))

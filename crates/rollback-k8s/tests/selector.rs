@@ -76,9 +76,8 @@ async fn switch_moves_the_endpoints_and_undo_switches_back() {
         out["previous_selector"],
         json!({"svc": "shop", "version": "green"})
     );
-    let svc = c.services().get("shop").await.unwrap();
     assert_eq!(
-        svc.spec.unwrap().selector.unwrap(),
+        c.selector("shop").await,
         BTreeMap::from([
             ("svc".to_string(), "shop".to_string()),
             ("version".to_string(), "blue".to_string())
@@ -144,9 +143,8 @@ async fn switch_is_refused_while_the_target_pods_are_not_ready() {
     assert!(msg.contains("refusing to switch service/shop"), "{msg}");
     assert!(msg.contains("0 of 2 pods under it are ready"), "{msg}");
     assert!(msg.contains("shop-green-"), "names the pods: {msg}");
-    let svc = c.services().get("shop").await.unwrap();
     assert_eq!(
-        svc.spec.unwrap().selector.unwrap()["version"],
+        c.selector("shop").await["version"],
         "blue",
         "the selector did not move"
     );
@@ -157,34 +155,8 @@ async fn emergency_plan_switches_four_services_in_parallel() {
     let Some(c) = support::cluster("emergency").await else {
         return;
     };
-    let services = [
-        "user-service",
-        "catalog-service",
-        "order-service",
-        "payment-service",
-    ];
-    for s in services {
-        c.deployment(
-            &format!("{s}-stable"),
-            "shop:v1",
-            1,
-            &[("svc", s), ("version", "stable")],
-            json!({}),
-        )
-        .await;
-        c.deployment(
-            &format!("{s}-canary"),
-            "shop:v2",
-            1,
-            &[("svc", s), ("version", "canary")],
-            json!({}),
-        )
-        .await;
-        c.service(s, &[("svc", s), ("version", "canary")]).await;
-    }
-    for s in services {
-        c.rolled_out(&format!("{s}-stable")).await;
-    }
+    c.emergency_services().await;
+    let services = support::EMERGENCY_SERVICES;
     let steps: String = services
         .iter()
         .map(|s| {
@@ -206,12 +178,7 @@ async fn emergency_plan_switches_four_services_in_parallel() {
         .unwrap();
     assert_eq!(report.status, Some(RunStatus::Succeeded), "{report:?}");
     for s in services {
-        let svc = c.services().get(s).await.unwrap();
-        assert_eq!(
-            svc.spec.unwrap().selector.unwrap()["version"],
-            "stable",
-            "{s}"
-        );
+        assert_eq!(c.selector(s).await["version"], "stable", "{s}");
     }
     // In parallel: every step started before any other finished.
     let spans: Vec<(u64, u64)> = report

@@ -25,6 +25,14 @@ use rollback_core::StepContext;
 use rollback_k8s::{Conn, Target};
 use serde_json::{json, Value};
 
+/// The four services of the seeds' emergency rollback.
+pub const EMERGENCY_SERVICES: [&str; 4] = [
+    "user-service",
+    "catalog-service",
+    "order-service",
+    "payment-service",
+];
+
 /// The node Pods are bound to, unless the test plays its own kubelet.
 pub const NODE: &str = "rollback-test-node";
 
@@ -431,6 +439,36 @@ impl Cluster {
             )
             .await
             .expect("create service");
+    }
+
+    /// A Service's selector.
+    pub async fn selector(&self, service: &str) -> BTreeMap<String, String> {
+        let svc = self.services().get(service).await.unwrap();
+        svc.spec.unwrap().selector.unwrap_or_default()
+    }
+
+    /// The seeds' emergency set-up: for each of [`EMERGENCY_SERVICES`] a
+    /// `-stable` and a `-canary` Deployment of one pod (labels `svc`,
+    /// `version`) and a Service on the canary; returns once all rolled out.
+    pub async fn emergency_services(&self) {
+        for s in EMERGENCY_SERVICES {
+            for version in ["stable", "canary"] {
+                self.deployment(
+                    &format!("{s}-{version}"),
+                    &format!("shop:{version}"),
+                    1,
+                    &[("svc", s), ("version", version)],
+                    json!({}),
+                )
+                .await;
+            }
+            self.service(s, &[("svc", s), ("version", "canary")]).await;
+        }
+        for s in EMERGENCY_SERVICES {
+            for version in ["stable", "canary"] {
+                self.rolled_out(&format!("{s}-{version}")).await;
+            }
+        }
     }
 
     /// The image of the Deployment's first container.
