@@ -155,3 +155,48 @@ async fn the_data_loss_guard_on_sqlite() {
         .expect("allowed");
     assert_eq!(reverted(&outputs).len(), 2);
 }
+
+/// The schema and the ledger rows of a SQLite file.
+async fn sqlite_state(db: &SqliteTestDb) -> Vec<String> {
+    let mut c = db.connect().await;
+    let mut state: Vec<String> = sqlx::query_scalar(
+        "SELECT type || ' ' || name || ' ' || coalesce(sql, '') FROM sqlite_master ORDER BY 1",
+    )
+    .fetch_all(&mut c)
+    .await
+    .unwrap();
+    let rows: Vec<String> =
+        sqlx::query_scalar("SELECT version || ' ' || dirty FROM schema_migrations ORDER BY 1")
+            .fetch_all(&mut c)
+            .await
+            .unwrap();
+    state.extend(rows);
+    state
+}
+
+#[tokio::test]
+async fn a_golang_migrate_ledger_at_a_version_with_no_file_is_refused_on_sqlite() {
+    let db = SqliteTestDb::create().await;
+    let migrations = golang_migrations();
+    let dir = write_migrations(&migrations);
+    db.exec(&golang_migrated_sql(&migrations)).await;
+    // Migrated to 7 by a newer release; the folder stops at 3.
+    db.exec("CREATE TABLE shipments (id bigint); UPDATE schema_migrations SET version = 7")
+        .await;
+    let before = sqlite_state(&db).await;
+    let tmp = tempfile::tempdir().unwrap();
+    let err = step(&db.url, &dir, json!({"steps": 1}))
+        .run(&ctx(&tmp))
+        .await
+        .unwrap_err();
+    assert!(
+        err.message()
+            .contains("says the database is at version 7, but")
+            && err
+                .message()
+                .contains("(it has versions 000001, 000002, 000003)"),
+        "{}",
+        err.message()
+    );
+    assert_eq!(sqlite_state(&db).await, before);
+}

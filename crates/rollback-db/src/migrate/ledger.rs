@@ -6,7 +6,7 @@
 //! | golang-migrate | `schema_migrations(version bigint, dirty boolean)` | one row: the current version; every migration up to it is applied |
 //! | sqlx | `_sqlx_migrations(version, description, installed_on, success, checksum, execution_time)` | one row per applied version |
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 
 use rollback_core::StepError;
@@ -111,6 +111,9 @@ pub struct LedgerState {
     pub applied: BTreeSet<Version>,
     /// The newest applied version (golang-migrate: the row's version).
     pub current: Option<Version>,
+    /// sqlx: the SHA-384 of each applied version's up file as recorded when
+    /// it was applied (empty for the other ledgers, which keep none).
+    pub checksums: BTreeMap<Version, Vec<u8>>,
 }
 
 /// A ledger that records a half-applied migration.
@@ -137,7 +140,7 @@ pub fn dirty_error(ledger: Ledger, version: &str) -> StepError {
 pub async fn read(
     db: &mut Db,
     ledger: Ledger,
-    files: &std::collections::BTreeMap<Version, MigrationFiles>,
+    files: &BTreeMap<Version, MigrationFiles>,
 ) -> Result<LedgerState, StepError> {
     let read_err = |e| query_error("reading the migration ledger", e);
     match ledger {
@@ -161,6 +164,7 @@ pub async fn read(
                 ledger,
                 applied,
                 current,
+                checksums: BTreeMap::new(),
             })
         }
         Ledger::GolangMigrate => {
@@ -173,6 +177,7 @@ pub async fn read(
                     ledger,
                     applied: BTreeSet::new(),
                     current: None,
+                    checksums: BTreeMap::new(),
                 }),
                 [(version, dirty)] => {
                     if *dirty {
@@ -183,6 +188,7 @@ pub async fn read(
                             ledger,
                             applied: BTreeSet::new(),
                             current: None,
+                            checksums: BTreeMap::new(),
                         });
                     }
                     let current = Version::parse(&version.to_string()).expect("digits");
@@ -195,6 +201,7 @@ pub async fn read(
                         ledger,
                         applied,
                         current: Some(current),
+                        checksums: BTreeMap::new(),
                     })
                 }
                 _ => Err(StepError::fatal(format!(
@@ -205,22 +212,24 @@ pub async fn read(
             }
         }
         Ledger::Sqlx => {
-            let sql = "SELECT version, success FROM _sqlx_migrations ORDER BY version";
-            let rows: Vec<(i64, bool)> =
+            let sql = "SELECT version, success, checksum FROM _sqlx_migrations ORDER BY version";
+            let rows: Vec<(i64, bool, Vec<u8>)> =
                 crate::connect::with_conn!(db, c => sqlx::query_as(sql).fetch_all(&mut *c).await)
                     .map_err(read_err)?;
-            if let Some((version, _)) = rows.iter().find(|(_, ok)| !ok) {
+            if let Some((version, _, _)) = rows.iter().find(|(_, ok, _)| !ok) {
                 return Err(dirty_error(ledger, &version.to_string()));
             }
-            let applied: BTreeSet<Version> = rows
-                .iter()
-                .filter_map(|(v, _)| Version::parse(&v.to_string()))
+            let checksums: BTreeMap<Version, Vec<u8>> = rows
+                .into_iter()
+                .filter_map(|(v, _, sum)| Some((Version::parse(&v.to_string())?, sum)))
                 .collect();
+            let applied: BTreeSet<Version> = checksums.keys().cloned().collect();
             let current = applied.iter().next_back().cloned();
             Ok(LedgerState {
                 ledger,
                 applied,
                 current,
+                checksums,
             })
         }
     }

@@ -16,6 +16,7 @@
 //! - `undo` applies the reverted versions' `.up.sql` files again and records
 //!   them in the ledger as the tool would.
 
+pub mod drift;
 pub mod files;
 pub mod guard;
 pub mod ledger;
@@ -179,51 +180,31 @@ impl MigrateDown {
         })
     }
 
-    /// Which versions to revert, newest first, with their SQL.
+    /// Which versions to revert, newest first, with their SQL. Refuses,
+    /// before anything changes, when the folder and the ledger disagree
+    /// (see [`drift`]).
     fn plan(&self, ctx: &StepContext, o: &Opened) -> Result<Vec<Revert>, StepError> {
-        let applied_desc: Vec<&Version> = o.state.applied.iter().rev().collect();
-        let chosen: Vec<&Version> = match &self.target {
-            Target::Steps(n) => applied_desc.into_iter().take(*n as usize).collect(),
+        let target = match &self.target {
+            Target::Steps(_) => None,
             Target::Version(v) => {
                 let text = ctx.resolve(v)?;
-                let target = Version::parse(&text).ok_or_else(|| {
+                Some(Version::parse(&text).ok_or_else(|| {
                     StepError::fatal(format!(
                         "to_version `{text}` is not a migration version (digits)"
                     ))
-                })?;
-                if target.number() != 0
-                    && !o.files.contains_key(&target)
-                    && !o.state.applied.contains(&target)
-                {
-                    let known: Vec<String> = o.files.keys().map(|v| v.to_string()).collect();
-                    return Err(StepError::fatal(format!(
-                        "version {target} is neither in {} nor applied: check `to_version` (known versions: {}; \
-                         0 reverts everything)",
-                        o.dir.display(),
-                        if known.is_empty() { "none".into() } else { known.join(", ") }
-                    )));
-                }
-                applied_desc.into_iter().filter(|a| **a > target).collect()
+                })?)
             }
+        };
+        drift::check_positions(&o.dir, &o.files, &o.state, target.as_ref())?;
+        let applied_desc = o.state.applied.iter().rev();
+        let chosen: Vec<&Version> = match (&target, &self.target) {
+            (Some(target), _) => applied_desc.filter(|a| *a > target).collect(),
+            (None, Target::Steps(n)) => applied_desc.take(*n as usize).collect(),
+            (None, Target::Version(_)) => Vec::new(),
         };
         let mut out = Vec::new();
         for version in chosen {
-            let Some(files) = o.files.get(version) else {
-                return Err(StepError::fatal(format!(
-                    "version {version} is applied but {} has no files for it: restore its \
-                     {version}_<name>.down.sql before rolling back",
-                    o.dir.display()
-                )));
-            };
-            let Some(down) = &files.down else {
-                return Err(StepError::fatal(format!(
-                    "version {version} ({}) has no down migration in {}: write {version}_{}.down.sql, or restore \
-                     a backup instead",
-                    files.name,
-                    o.dir.display(),
-                    files.name
-                )));
-            };
+            let (files, down) = drift::revertible(&o.dir, &o.files, &o.state, version)?;
             let sql = read_sql(down)?;
             let change = match o.state.ledger {
                 Ledger::Rails => LedgerChange::RemoveRails(version.clone()),
