@@ -309,8 +309,9 @@ fn version_value(v: Option<&Version>) -> Value {
         .unwrap_or(Value::Null)
 }
 
-/// Holds sqlx's migration lock on PostgreSQL while migrations run, so that
-/// `sqlx migrate run` (and another runner) waits for us.
+/// Holds sqlx's migration lock on PostgreSQL while migrations run: another
+/// runner of this step is refused, and sqlx's `Migrator::run` (an application
+/// migrating at start-up) waits. sqlx-cli takes no lock, so it does neither.
 async fn lock(db: &mut Db) -> Result<Option<i64>, StepError> {
     let Db::Postgres(c) = db else {
         return Ok(None);
