@@ -2,19 +2,28 @@
 //!
 //! `ALTER DATABASE … SET default_transaction_read_only = on` alone changes only
 //! the default of *new* sessions, and any session can `SET` it back. So `on`
-//! does three things, in this order:
-//! 1. in one transaction: sets the database default, and revokes INSERT,
-//!    UPDATE, DELETE and TRUNCATE on every table of the listed schemas from
-//!    the application role (then checks with `has_table_privilege` that the
-//!    role cannot write any of them through another role or PUBLIC; if it
-//!    can, nothing is changed and the step fails naming those tables);
-//! 2. ends the role's sessions on the database (open transactions included);
-//! 3. records exactly what it changed (the setting's previous value, each
+//! does this, in this order:
+//! 1. refuses, changing nothing, when privileges cannot stop the role: it is
+//!    or can become a superuser, is a member of `pg_write_all_data`, or owns
+//!    (or is a member of the owner of) a table, sequence or schema of the
+//!    listed schemas — an owner grants itself back whatever is revoked;
+//! 2. in one transaction: sets the database default, and revokes the role's
+//!    write privileges on the listed schemas (see [`privileges`]: table and
+//!    column privileges, sequences), then checks with `has_*_privilege` that
+//!    neither the role nor a role it is a member of can still write; if one
+//!    can (PUBLIC, role membership, a grant by someone other than the owner),
+//!    nothing is changed and the step fails naming where the write comes from;
+//! 3. ends the role's sessions on the database (open transactions included);
+//! 4. records exactly what it changed (the setting's previous value, each
 //!    privilege revoked and whether it was grantable) in its outputs and in
-//!    `read_only-state.json` in the step's artifact folder.
+//!    `read_only-state.json` in the step's artifact folder, and reports what
+//!    it does not stop (`not_stopped`: SECURITY DEFINER functions, default
+//!    privileges for tables created later, CREATE).
 //!
 //! `off` (or undoing `on`) puts back exactly that: the previous setting (or
 //! none) and each revoked privilege, nothing else.
+
+pub mod privileges;
 
 use std::path::PathBuf;
 
@@ -26,13 +35,12 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use sqlx::postgres::PgConnection;
-use sqlx::{Connection, Executor, Row};
+use sqlx::{Connection, Executor};
 
 use crate::backup::{PgTarget, Target};
 use crate::restore::{quote_ident, quote_literal};
 
-/// Write privileges `on` revokes.
-const WRITE_PRIVILEGES: &[&str] = &["INSERT", "UPDATE", "DELETE", "TRUNCATE"];
+pub use privileges::{Object, RevokedPrivilege};
 
 /// `on` or `off`.
 #[derive(Debug, Clone, Copy, Deserialize, JsonSchema, PartialEq, Eq)]
@@ -71,19 +79,6 @@ pub struct ReadOnlyConfig {
     /// its artifact folder), e.g. from an earlier run.
     #[serde(default)]
     pub state_file: Option<String>,
-}
-
-/// One privilege `on` revoked.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, PartialOrd, Ord)]
-pub struct RevokedPrivilege {
-    /// Schema of the table.
-    pub schema: String,
-    /// The table.
-    pub table: String,
-    /// INSERT, UPDATE, DELETE or TRUNCATE.
-    pub privilege: String,
-    /// Whether the role could grant it on (WITH GRANT OPTION).
-    pub grantable: bool,
 }
 
 /// What `on` changed, so `off` can put back exactly that.
@@ -219,59 +214,6 @@ async fn current_setting(
     }))
 }
 
-/// The role's direct write privileges on the schemas' tables (relacl, or the
-/// owner's defaults when relacl is NULL).
-async fn write_grants(
-    conn: &mut PgConnection,
-    role: &str,
-    schemas: &[String],
-) -> Result<Vec<RevokedPrivilege>, StepError> {
-    let rows = sqlx::query(
-        "SELECT n.nspname, c.relname, a.privilege_type, a.is_grantable \
-         FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
-         CROSS JOIN LATERAL aclexplode(coalesce(c.relacl, acldefault('r', c.relowner))) a \
-         WHERE c.relkind IN ('r', 'p', 'v', 'f') AND n.nspname = ANY($1) \
-           AND a.grantee = (SELECT oid FROM pg_roles WHERE rolname = $2) \
-           AND a.privilege_type = ANY($3) \
-         ORDER BY 1, 2, 3",
-    )
-    .bind(schemas)
-    .bind(role)
-    .bind(WRITE_PRIVILEGES)
-    .fetch_all(&mut *conn)
-    .await
-    .map_err(|e| StepError::retryable("cannot read table privileges").with_source(e))?;
-    Ok(rows
-        .iter()
-        .map(|r| RevokedPrivilege {
-            schema: r.get(0),
-            table: r.get(1),
-            privilege: r.get(2),
-            grantable: r.get(3),
-        })
-        .collect())
-}
-
-/// Tables of the schemas the role can still write (through membership or PUBLIC).
-async fn still_writable(
-    conn: &mut PgConnection,
-    role: &str,
-    schemas: &[String],
-) -> Result<Vec<String>, sqlx::Error> {
-    sqlx::query_scalar(
-        "SELECT format('%I.%I', n.nspname, c.relname) \
-         FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
-         WHERE c.relkind IN ('r', 'p', 'v', 'f') AND n.nspname = ANY($1) \
-           AND (has_table_privilege($2, c.oid, 'INSERT') OR has_table_privilege($2, c.oid, 'UPDATE') \
-             OR has_table_privilege($2, c.oid, 'DELETE') OR has_table_privilege($2, c.oid, 'TRUNCATE')) \
-         ORDER BY 1",
-    )
-    .bind(schemas)
-    .bind(role)
-    .fetch_all(&mut *conn)
-    .await
-}
-
 /// Writes the record of what `on` changed, durably (written whole, then renamed).
 async fn write_state(path: &std::path::Path, state: &ReadOnlyState) -> Result<(), StepError> {
     let text = serde_json::to_string_pretty(state).expect("state serializes");
@@ -287,13 +229,102 @@ async fn write_state(path: &std::path::Path, state: &ReadOnlyState) -> Result<()
         .map_err(|e| StepError::fatal(format!("cannot write {}", path.display())).with_source(e))
 }
 
-fn privilege_target(p: &RevokedPrivilege) -> String {
-    format!(
-        "{} ON TABLE {}.{}",
-        p.privilege,
-        quote_ident(&p.schema),
-        quote_ident(&p.table)
+/// The refusal when the role could still write after losing its own grants.
+fn other_paths_error(role: &str, paths: &[String], writable: &[String]) -> StepError {
+    let found = if paths.is_empty() {
+        format!(
+            "{} (through a predefined role or a role attribute)",
+            writable.join(", ")
+        )
+    } else {
+        paths.join("; ")
+    };
+    StepError::fatal(format!(
+        "role `{role}` could still write after losing its own grants, so nothing was changed: {found}. \
+         Revoking those would take them from other roles too, so this step leaves them to you: for a role \
+         `{role}` is a member of, add a db.read_only step with that `role:` before this one (its `off` gives \
+         them back); for PUBLIC, REVOKE them FROM PUBLIC by hand and note them to grant back; for a grant by \
+         another role, revoke it as that role (see \\dp)"
+    ))
+}
+
+/// What previewing or running `on` learns before changing anything.
+struct Survey {
+    refusal: Option<String>,
+    other_paths: Vec<String>,
+    grants: Vec<RevokedPrivilege>,
+    not_stopped: Vec<String>,
+}
+
+async fn survey(
+    conn: &mut PgConnection,
+    role: &str,
+    schemas: &[String],
+) -> Result<Survey, StepError> {
+    let read = async {
+        Ok::<_, sqlx::Error>(Survey {
+            refusal: privileges::unstoppable(conn, role, schemas).await?,
+            other_paths: privileges::other_write_paths(conn, role, schemas).await?,
+            grants: privileges::write_grants(conn, role, schemas).await?,
+            not_stopped: privileges::not_stopped(conn, role, schemas).await?,
+        })
+    };
+    read.await
+        .map_err(|e| StepError::retryable("cannot read the role's privileges").with_source(e))
+}
+
+async fn role_exists(conn: &mut PgConnection, role: &str) -> Result<(), StepError> {
+    let exists: bool =
+        sqlx::query_scalar("SELECT exists(SELECT 1 FROM pg_roles WHERE rolname = $1)")
+            .bind(role)
+            .fetch_one(&mut *conn)
+            .await
+            .map_err(|e| StepError::retryable("cannot read pg_roles").with_source(e))?;
+    if exists {
+        Ok(())
+    } else {
+        Err(StepError::fatal(format!(
+            "role `{role}` does not exist on the server: check `role`"
+        )))
+    }
+}
+
+/// In `tx`: the read-only default and the revokes, then the check that
+/// neither the role nor a role it can act as can still write. Returns the
+/// database's setting as it was before.
+async fn revoke_writes(
+    tx: &mut PgConnection,
+    database: &str,
+    role: &str,
+    schemas: &[String],
+    found: &Survey,
+) -> Result<Option<String>, StepError> {
+    let setting_before = current_setting(tx, database).await?;
+    let fail = |what: String| move |e: sqlx::Error| StepError::fatal(what).with_source(e);
+    tx.execute(
+        format!(
+            "ALTER DATABASE {} SET default_transaction_read_only = on",
+            quote_ident(database)
+        )
+        .as_str(),
     )
+    .await
+    .map_err(fail(format!("cannot set `{database}` read-only")))?;
+    for g in &found.grants {
+        tx.execute(g.revoke_sql(role).as_str())
+            .await
+            .map_err(fail(format!(
+                "cannot revoke {} (if `{role}` granted it on to others, revoke those grants first)",
+                g.target()
+            )))?;
+    }
+    let writable = privileges::still_writable(tx, role, schemas)
+        .await
+        .map_err(|e| StepError::retryable("cannot check privileges").with_source(e))?;
+    if !writable.is_empty() || !found.other_paths.is_empty() {
+        return Err(other_paths_error(role, &found.other_paths, &writable));
+    }
+    Ok(setting_before)
 }
 
 #[async_trait]
@@ -309,7 +340,13 @@ impl Step for ReadOnly {
     }
 
     fn outputs(&self) -> OutputNames {
-        OutputNames::Fixed(&["state", "state_file", "revoked", "sessions_ended"])
+        OutputNames::Fixed(&[
+            "state",
+            "state_file",
+            "revoked",
+            "sessions_ended",
+            "not_stopped",
+        ])
     }
 
     fn can_undo(&self) -> bool {
@@ -323,16 +360,31 @@ impl Step for ReadOnly {
             Mode::On => {
                 let role = ctx.resolve(self.config.role.as_deref().unwrap_or_default())?;
                 let mut conn = pg.connect(None).await?;
-                let grants = write_grants(&mut conn, &role, &self.schemas()).await?;
+                let found = match role_exists(&mut conn, &role).await {
+                    Ok(()) => survey(&mut conn, &role, &self.schemas()).await,
+                    Err(e) => Err(e),
+                };
                 let _ = conn.close().await;
+                let found = found?;
+                // The preview refuses as `on` would.
+                if let Some(refusal) = found.refusal {
+                    return Err(StepError::fatal(refusal));
+                }
+                if !found.other_paths.is_empty() {
+                    return Err(other_paths_error(&role, &found.other_paths, &[]));
+                }
                 let mut changes = vec![format!(
                     "ALTER DATABASE {} SET default_transaction_read_only = on",
                     quote_ident(&db)
                 )];
-                changes.extend(grants.iter().map(|g| {
-                    format!("REVOKE {} FROM {}", privilege_target(g), quote_ident(&role))
-                }));
+                changes.extend(found.grants.iter().map(|g| g.revoke_sql(&role)));
                 changes.push(format!("end the sessions of role `{role}` on `{db}`"));
+                changes.extend(
+                    found
+                        .not_stopped
+                        .iter()
+                        .map(|n| format!("not stopped: {n}")),
+                );
                 Ok(Preview::new(
                     format!("stop writes to `{db}` by `{role}`"),
                     changes,
@@ -350,13 +402,7 @@ impl Step for ReadOnly {
                         quote_ident(&state.database)
                     ),
                 }];
-                changes.extend(state.revoked.iter().map(|g| {
-                    format!(
-                        "GRANT {} TO {}",
-                        privilege_target(g),
-                        quote_ident(&state.role)
-                    )
-                }));
+                changes.extend(state.revoked.iter().map(|g| g.grant_sql(&state.role)));
                 Ok(Preview::new(
                     format!("allow writes to `{}` again", state.database),
                     changes,
@@ -376,6 +422,7 @@ impl Step for ReadOnly {
                 out.insert("state_file".into(), Value::Null);
                 out.insert("revoked".into(), json!(0));
                 out.insert("sessions_ended".into(), json!(0));
+                out.insert("not_stopped".into(), json!([]));
                 Ok(out)
             }
         }
@@ -410,57 +457,24 @@ impl ReadOnly {
         conn.execute("SET default_transaction_read_only = off")
             .await
             .map_err(|e| StepError::retryable("cannot prepare the session").with_source(e))?;
-        let superuser: bool =
-            sqlx::query_scalar("SELECT rolsuper FROM pg_roles WHERE rolname = $1")
-                .bind(&role)
-                .fetch_optional(&mut conn)
-                .await
-                .map_err(|e| StepError::retryable("cannot read pg_roles").with_source(e))?
-                .ok_or_else(|| {
-                    StepError::fatal(format!(
-                        "role `{role}` does not exist on the server: check `role`"
-                    ))
-                })?;
-        if superuser {
-            return Err(StepError::fatal(format!(
-                "role `{role}` is a superuser: privileges do not bind it, so read-only mode cannot stop its writes; give the application a non-superuser role"
-            )));
-        }
-
+        role_exists(&mut conn, &role).await?;
         let mut tx = conn
             .begin()
             .await
             .map_err(|e| StepError::retryable("cannot begin").with_source(e))?;
-        let setting_before = current_setting(&mut tx, &database).await?;
-        let grants = write_grants(&mut tx, &role, &schemas).await?;
-        let fail = |what: String| move |e: sqlx::Error| StepError::fatal(what).with_source(e);
-        tx.execute(
-            format!(
-                "ALTER DATABASE {} SET default_transaction_read_only = on",
-                quote_ident(&database)
-            )
-            .as_str(),
-        )
-        .await
-        .map_err(fail(format!("cannot set `{database}` read-only")))?;
-        for g in &grants {
-            tx.execute(
-                format!("REVOKE {} FROM {}", privilege_target(g), quote_ident(&role)).as_str(),
-            )
-            .await
-            .map_err(fail(format!("cannot revoke {}", privilege_target(g))))?;
-        }
-        let writable = still_writable(&mut tx, &role, &schemas)
-            .await
-            .map_err(|e| StepError::retryable("cannot check privileges").with_source(e))?;
-        if !writable.is_empty() {
+        let found = survey(&mut tx, &role, &schemas).await?;
+        if let Some(refusal) = found.refusal {
             let _ = tx.rollback().await;
-            return Err(StepError::fatal(format!(
-                "role `{role}` could still write {} through another role or PUBLIC, so nothing was changed: \
-                 revoke those grants (see \\dp) or name the role that holds them",
-                writable.join(", ")
-            )));
+            return Err(StepError::fatal(refusal));
         }
+        let setting_before = match revoke_writes(&mut tx, &database, &role, &schemas, &found).await
+        {
+            Ok(setting) => setting,
+            Err(e) => {
+                let _ = tx.rollback().await;
+                return Err(e);
+            }
+        };
         // What this attempt is about to change goes to disk before the commit:
         // a crash after the commit then still leaves the record `off` needs.
         // (A crash before it leaves a record of revokes that did not happen;
@@ -468,7 +482,7 @@ impl ReadOnly {
         let mut state = match earlier {
             Some(mut e) if e.database == database && e.role == role => {
                 // Keep the first attempt's facts; add anything granted since.
-                for g in grants {
+                for g in found.grants {
                     if !e.revoked.contains(&g) {
                         e.revoked.push(g);
                     }
@@ -479,7 +493,7 @@ impl ReadOnly {
                 database: database.clone(),
                 role: role.clone(),
                 setting_before,
-                revoked: grants,
+                revoked: found.grants,
                 sessions_ended: 0,
             },
         };
@@ -508,11 +522,15 @@ impl ReadOnly {
             state.revoked.len(),
             state.sessions_ended
         ));
+        for n in &found.not_stopped {
+            ctx.progress(&format!("not stopped: {n}"));
+        }
         let mut out = Outputs::new();
         out.insert("revoked".into(), json!(state.revoked.len()));
         out.insert("sessions_ended".into(), json!(state.sessions_ended));
         out.insert("state".into(), json!(state));
         out.insert("state_file".into(), json!(state_path.to_string_lossy()));
+        out.insert("not_stopped".into(), json!(found.not_stopped));
         Ok(out)
     }
 
@@ -550,34 +568,33 @@ impl ReadOnly {
         let mut granted = 0;
         let mut gone = Vec::new();
         for g in &state.revoked {
-            // A table that no longer exists (a restore swapped in an older
-            // copy of the database) has nothing to grant back.
+            // A table or column that no longer exists (a restore swapped in an
+            // older copy of the database) has nothing to grant back.
             let qualified = format!("{}.{}", quote_ident(&g.schema), quote_ident(&g.table));
-            let exists: bool = sqlx::query_scalar("SELECT to_regclass($1) IS NOT NULL")
-                .bind(&qualified)
-                .fetch_one(&mut *tx)
-                .await
-                .map_err(fail(format!("cannot look up {qualified}")))?;
+            let exists: bool = sqlx::query_scalar(
+                "SELECT CASE WHEN $2::text IS NULL THEN to_regclass($1) IS NOT NULL \
+                 ELSE exists(SELECT 1 FROM pg_attribute WHERE attrelid = to_regclass($1) \
+                             AND attname = $2 AND attnum > 0 AND NOT attisdropped) END",
+            )
+            .bind(&qualified)
+            .bind(&g.column)
+            .fetch_one(&mut *tx)
+            .await
+            .map_err(fail(format!("cannot look up {qualified}")))?;
             if !exists {
-                if !gone.contains(&qualified) {
-                    gone.push(qualified);
+                let what = match &g.column {
+                    Some(c) => format!("{qualified}.{}", quote_ident(c)),
+                    None => qualified,
+                };
+                if !gone.contains(&what) {
+                    gone.push(what);
                 }
                 continue;
             }
             granted += 1;
-            let grant = format!(
-                "GRANT {} TO {}{}",
-                privilege_target(g),
-                quote_ident(&state.role),
-                if g.grantable {
-                    " WITH GRANT OPTION"
-                } else {
-                    ""
-                }
-            );
-            tx.execute(grant.as_str())
+            tx.execute(g.grant_sql(&state.role).as_str())
                 .await
-                .map_err(fail(format!("cannot grant back {}", privilege_target(g))))?;
+                .map_err(fail(format!("cannot grant back {}", g.target())))?;
         }
         tx.commit()
             .await
