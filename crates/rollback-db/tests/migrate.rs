@@ -581,3 +581,33 @@ async fn the_example_migration_rollback_plan_runs_twice() {
         .await;
     assert_eq!(constraint, 1, "the check constraint is back");
 }
+
+#[tokio::test]
+async fn the_migration_lock_is_the_one_sqlx_s_migrator_takes() {
+    let Some(db) = PgTestDb::create("lock").await else {
+        return;
+    };
+    let dir = write_migrations(MIGRATIONS);
+    db.exec(&rails_migrated_sql(MIGRATIONS)).await;
+    let tmp = tempfile::tempdir().unwrap();
+    let down = step(&db.url, &dir, json!({"steps": 1}));
+    // sqlx's Migrator (what an application runs at start-up) holds its lock:
+    // the step is refused, retryably, and changes nothing. The same id held by
+    // the step makes the Migrator's pg_advisory_lock wait.
+    let mut migrator = db.connect().await;
+    migrator
+        .lock()
+        .await
+        .expect("sqlx takes its migration lock");
+    let err = down.run(&ctx(&tmp)).await.unwrap_err();
+    assert!(err.is_retryable(), "{}", err.message());
+    assert!(
+        err.message().contains("holds the migration lock"),
+        "{}",
+        err.message()
+    );
+    assert_eq!(rails_versions(&db).await.len(), 3);
+    migrator.unlock().await.unwrap();
+    let outputs = down.run(&ctx(&tmp)).await.expect("free again");
+    assert_eq!(reverted(&outputs), ["20250115120000"]);
+}

@@ -378,3 +378,50 @@ pub async fn not_stopped(
     }
     Ok(out)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_record_written_before_columns_and_sequences_reads_as_a_table_privilege() {
+        let old: RevokedPrivilege = serde_json::from_str(
+            r#"{"schema": "public", "table": "Audit Log", "privilege": "INSERT", "grantable": true}"#,
+        )
+        .unwrap();
+        assert_eq!(old.object, Object::Table);
+        assert_eq!(old.column, None);
+        assert_eq!(
+            old.grant_sql("app"),
+            r#"GRANT INSERT ON TABLE "public"."Audit Log" TO "app" WITH GRANT OPTION"#
+        );
+    }
+
+    #[test]
+    fn column_and_sequence_privileges_are_quoted() {
+        let column = RevokedPrivilege {
+            schema: "s".into(),
+            table: "t\"x".into(),
+            object: Object::Table,
+            column: Some("c; --".into()),
+            privilege: "UPDATE".into(),
+            grantable: false,
+        };
+        assert_eq!(
+            column.revoke_sql("app"),
+            r#"REVOKE UPDATE ("c; --") ON TABLE "s"."t""x" FROM "app""#
+        );
+        let sequence = RevokedPrivilege {
+            object: Object::Sequence,
+            column: None,
+            privilege: "USAGE".into(),
+            ..column
+        };
+        assert_eq!(
+            sequence.grant_sql("app"),
+            r#"GRANT USAGE ON SEQUENCE "s"."t""x" TO "app""#
+        );
+        // The record keeps no empty column field.
+        assert!(!serde_json::to_string(&sequence).unwrap().contains("column"));
+    }
+}
