@@ -162,7 +162,12 @@ fn writes(n: u32) -> Vec<(&'static str, String)> {
             "sequence UPDATE (setval)",
             "SELECT setval('invoice_ids', 100)".to_string(),
         ),
+        ("DELETE", "DELETE FROM scratchpad".to_string()),
         ("TRUNCATE", "TRUNCATE scratchpad".to_string()),
+        (
+            "column REFERENCES",
+            format!("CREATE TABLE scratch.code_refs_{n} (code text REFERENCES codes (code))"),
+        ),
         (
             "INSERT through a view",
             "INSERT INTO notes VALUES ('x')".to_string(),
@@ -195,7 +200,8 @@ async fn column_grants_sequences_truncate_references_and_trigger_stop_and_come_b
          GRANT SELECT, UPDATE ON \"Both Levels\" TO {r}; GRANT UPDATE (b) ON \"Both Levels\" TO {r} WITH GRANT OPTION; \
          CREATE SEQUENCE order_ids; GRANT USAGE ON SEQUENCE order_ids TO {r}; \
          CREATE SEQUENCE invoice_ids; GRANT UPDATE ON SEQUENCE invoice_ids TO {r}; \
-         CREATE TABLE scratchpad (line text); GRANT TRUNCATE ON scratchpad TO {r}; \
+         CREATE TABLE scratchpad (line text); GRANT TRUNCATE, DELETE ON scratchpad TO {r}; \
+         CREATE TABLE codes (code text PRIMARY KEY); GRANT REFERENCES (code) ON codes TO {r}; \
          CREATE VIEW notes AS SELECT line FROM scratchpad; GRANT INSERT ON notes TO {r}; \
          CREATE TABLE parents (id int PRIMARY KEY); GRANT SELECT, REFERENCES, TRIGGER ON parents TO {r}; \
          CREATE SCHEMA scratch; GRANT USAGE, CREATE ON SCHEMA scratch TO {r};"
@@ -216,8 +222,9 @@ async fn column_grants_sequences_truncate_references_and_trigger_stop_and_come_b
         );
     }
     // cols: UPDATE (c2), INSERT (c1); Both Levels: UPDATE, UPDATE (b); order_ids: USAGE;
-    // invoice_ids: UPDATE; scratchpad: TRUNCATE; notes: INSERT; parents: REFERENCES, TRIGGER.
-    assert_eq!(out["revoked"], json!(10), "{:#}", out["state"]);
+    // invoice_ids: UPDATE; scratchpad: DELETE, TRUNCATE; codes: REFERENCES (code);
+    // notes: INSERT; parents: REFERENCES, TRIGGER.
+    assert_eq!(out["revoked"], json!(12), "{:#}", out["state"]);
     let reads = fx.write_as(role, "SELECT count(*) FROM cols").await;
     assert_eq!(reads, Ok(()), "reads still work");
 
@@ -470,6 +477,17 @@ async fn a_superuser_or_pg_write_all_data_member_is_refused() {
         "{message}"
     );
     assert_eq!(fx.catalog().await, before);
+    fx.exec(&format!("ALTER ROLE {} SUPERUSER", q(app))).await;
+    let message = on
+        .run(&fx.ctx("ro"))
+        .await
+        .unwrap_err()
+        .message()
+        .to_string();
+    assert!(
+        message.contains("role `rop super app` is or can become superuser \"rop super app\":"),
+        "{message}"
+    );
 }
 
 #[tokio::test]

@@ -169,9 +169,11 @@ pub async fn unstoppable(
     role: &str,
     schemas: &[String],
 ) -> Result<Option<String>, sqlx::Error> {
+    // A superuser is a member of every role: name only itself then.
     let powers: Vec<String> = sqlx::query_scalar(
         "SELECT CASE WHEN rolsuper THEN format('superuser %I', rolname) ELSE format('%I', rolname) END \
          FROM pg_roles WHERE (rolsuper OR rolname = 'pg_write_all_data') AND pg_has_role($1, oid, 'MEMBER') \
+           AND (rolname = $1 OR NOT (SELECT rolsuper FROM pg_roles WHERE rolname = $1)) \
          ORDER BY 1",
     )
     .bind(role)
