@@ -278,6 +278,44 @@ pub enum Event {
         /// Why it failed.
         error: String,
     },
+    /// A step started a program (recorded durably before its output is
+    /// read, so that a resume can find it if its runner dies).
+    ProgramStarted {
+        /// Step id.
+        step: String,
+        /// Which program, where, and what a resume does with it.
+        program: crate::process::ProgramInfo,
+    },
+    /// A program a step started has ended.
+    ProgramEnded {
+        /// Step id.
+        step: String,
+        /// Its pid.
+        pid: u32,
+        /// Its start time (clock ticks after boot).
+        start_ticks: u64,
+        /// `exit N` or `killed by signal N`.
+        status: String,
+    },
+    /// On resume: what became of a program an earlier runner left running.
+    ProgramSettled {
+        /// Step id.
+        step: String,
+        /// The program as it was recorded.
+        program: crate::process::ProgramInfo,
+        /// What the resume found and did.
+        outcome: String,
+    },
+    /// A step kept a piece of its state (its intent, a small artifact) in
+    /// the journal store, where every runner of the store can read it.
+    StateSaved {
+        /// Step id.
+        step: String,
+        /// The piece's name (`intent`, `objects.json`).
+        name: String,
+        /// Its size in bytes.
+        bytes: u64,
+    },
     /// The run ended.
     RunFinished {
         /// How.
@@ -307,6 +345,10 @@ impl Event {
             Event::CancelRequested { .. } => "cancel_requested",
             Event::Approved { .. } => "approved",
             Event::NotificationFailed { .. } => "notification_failed",
+            Event::ProgramStarted { .. } => "program_started",
+            Event::ProgramEnded { .. } => "program_ended",
+            Event::ProgramSettled { .. } => "program_settled",
+            Event::StateSaved { .. } => "state_saved",
             Event::RunFinished { .. } => "run_finished",
         }
     }
@@ -342,7 +384,11 @@ impl Event {
             | Event::StepSkipped { step, .. }
             | Event::UndoStarted { step, .. }
             | Event::UndoFinished { step, .. }
-            | Event::Approved { step, .. } => Some(step),
+            | Event::Approved { step, .. }
+            | Event::ProgramStarted { step, .. }
+            | Event::ProgramEnded { step, .. }
+            | Event::ProgramSettled { step, .. }
+            | Event::StateSaved { step, .. } => Some(step),
             _ => None,
         }
     }

@@ -27,6 +27,7 @@ use tokio::sync::oneshot;
 
 use crate::error::{Error, LockHolder, Result};
 use crate::event::{Event, Outcome, RunInfo, RunStatus};
+use crate::state::{self, StateEntry, StateStore};
 use crate::step::Outputs;
 
 /// A journal line: when, and what.
@@ -186,9 +187,10 @@ pub trait PlanLocker: Send + Sync {
     async fn lock(&self, plan: &str, holder: &LockHolder) -> Result<Box<dyn PlanLockGuard>>;
 }
 
-/// Where runs are recorded and plans are locked.
+/// Where runs are recorded and plans are locked, and where their state is
+/// kept ([`StateStore`]).
 #[async_trait]
-pub trait JournalStore: Send + Sync {
+pub trait JournalStore: StateStore {
     /// Records a new run (its plan text included) and returns its writer.
     async fn create(&self, run: &RunInfo, plan_text: &str) -> Result<Arc<dyn RunJournal>>;
     /// A writer that appends to an existing run (resume).
@@ -266,13 +268,19 @@ impl FileJournal {
         self.run_dir(run_id).join("journal.jsonl")
     }
 
-    fn read_sync(&self, run_id: &str) -> Result<StoredRun> {
+    /// The run's folder, for an id that cannot leave the runs folder.
+    fn checked_run_dir(&self, run_id: &str) -> Result<PathBuf> {
         if run_id.is_empty() || run_id.contains(['/', '\\']) || run_id.starts_with('.') {
             return Err(Error::RunNotFound {
                 run_id: run_id.into(),
                 dir: self.runs(),
             });
         }
+        Ok(self.run_dir(run_id))
+    }
+
+    fn read_sync(&self, run_id: &str) -> Result<StoredRun> {
+        self.checked_run_dir(run_id)?;
         let path = self.journal_path(run_id);
         let text = match fs::read_to_string(&path) {
             Ok(t) => t,
@@ -434,6 +442,32 @@ impl JournalStore for FileJournal {
 
     fn run_dir(&self, run_id: &str) -> PathBuf {
         self.runs().join(run_id)
+    }
+}
+
+#[async_trait]
+impl StateStore for FileJournal {
+    async fn put_state(&self, run_id: &str, step: &str, name: &str, bytes: Vec<u8>) -> Result<()> {
+        let dir = self.checked_run_dir(run_id)?;
+        let (step, name) = (step.to_string(), name.to_string());
+        tokio::task::spawn_blocking(move || state::put_in_dir(&dir, &step, &name, &bytes))
+            .await
+            .expect("state write task")
+    }
+
+    async fn get_state(&self, run_id: &str, step: &str, name: &str) -> Result<Option<Vec<u8>>> {
+        let dir = self.checked_run_dir(run_id)?;
+        let (step, name) = (step.to_string(), name.to_string());
+        tokio::task::spawn_blocking(move || state::get_in_dir(&dir, &step, &name))
+            .await
+            .expect("state read task")
+    }
+
+    async fn list_state(&self, run_id: &str) -> Result<Vec<StateEntry>> {
+        let dir = self.checked_run_dir(run_id)?;
+        tokio::task::spawn_blocking(move || state::list_in_dir(&dir))
+            .await
+            .expect("state list task")
     }
 }
 

@@ -7,12 +7,15 @@ pub mod event;
 pub mod executor;
 pub mod journal;
 pub mod kinds;
+mod measure;
 pub mod plan;
 pub mod preflight;
+pub mod process;
 pub mod registry;
 pub mod report;
 pub mod retry;
 pub mod schema;
+pub mod state;
 pub mod step;
 pub mod template;
 pub mod testing;
@@ -31,7 +34,8 @@ pub use plan::{
     BudgetPolicy, FailurePolicy, Plan, PlanApproval, PlanCheck, PlanNotifier, PlanSource, PlanStep,
 };
 pub use registry::{ConfigError, Registry};
-pub use report::{ApprovalRecord, CheckReport, RunReport, StepReport};
+pub use report::{ApprovalRecord, CheckReport, ProgramReport, RunReport, StepReport};
+pub use state::{StateEntry, StateStore};
 pub use step::{
     Measurement, Notifier, OutputNames, Outputs, Preview, Step, StepContext, StepError, Verifier,
 };

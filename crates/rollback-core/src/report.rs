@@ -38,6 +38,9 @@ pub struct StepReport {
     /// Completed in an earlier segment of a resumed run.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub from_earlier_segment: bool,
+    /// Programs it started.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub programs: Vec<ProgramReport>,
 }
 
 /// One check in a report.
@@ -110,6 +113,225 @@ fn ms_between(a: SystemTime, b: SystemTime) -> u64 {
         .unwrap_or(0)
 }
 
+/// A program a step started, as a report shows it.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct ProgramReport {
+    /// The command (redacted, shortened).
+    pub command: String,
+    /// Its pid.
+    pub pid: u32,
+    /// The host it ran on.
+    pub host: String,
+    /// When it started (RFC 3339).
+    pub started_at: String,
+    /// How it ended (`exit 0`), what a resume found, or `None`: no end was
+    /// journaled (its runner died while it ran).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ended: Option<String>,
+}
+
+impl StepReport {
+    fn planned(info: &crate::event::StepInfo) -> Self {
+        StepReport {
+            id: info.id.clone(),
+            kind: info.kind.clone(),
+            describe: info.describe.clone(),
+            outcome: None,
+            attempts: 0,
+            start_ms: None,
+            duration_ms: None,
+            outputs: Outputs::new(),
+            error: None,
+            undo: None,
+            from_earlier_segment: false,
+            programs: Vec::new(),
+        }
+    }
+
+    /// Started and never ended in the journal: its runner died or quit
+    /// while it ran; a resume runs it again.
+    pub fn unfinished(&self) -> bool {
+        self.outcome.is_none() && self.start_ms.is_some()
+    }
+}
+
+/// Folds records into a report, one record at a time.
+struct Fold {
+    report: RunReport,
+    t0: SystemTime,
+}
+
+impl Fold {
+    fn step(&mut self, id: &str) -> Option<&mut StepReport> {
+        self.report.steps.iter_mut().find(|s| s.id == id)
+    }
+
+    fn apply(&mut self, r: &Record) {
+        let at = r.time().map(|t| ms_between(self.t0, t));
+        match &r.event {
+            Event::RunResumed { operator, .. } => self.resumed(operator, &r.at),
+            Event::StepStarted { step, attempt, .. } => {
+                if let Some(s) = self.step(step) {
+                    if *attempt == 1 {
+                        s.start_ms = at;
+                        s.outcome = None;
+                        s.error = None;
+                        s.from_earlier_segment = false;
+                    }
+                    s.attempts = *attempt;
+                }
+            }
+            Event::StepFinished {
+                step,
+                outcome,
+                attempts,
+                duration_ms,
+                outputs,
+                error,
+                ..
+            } => {
+                if let Some(s) = self.step(step) {
+                    s.outcome = Some(*outcome);
+                    s.attempts = *attempts;
+                    s.duration_ms = Some(*duration_ms);
+                    s.outputs = outputs.clone();
+                    s.error = error.clone();
+                    if s.start_ms.is_none() {
+                        s.start_ms = at.map(|a| a.saturating_sub(*duration_ms));
+                    }
+                }
+            }
+            Event::StepSkipped { step, reason } => {
+                if let Some(s) = self.step(step) {
+                    s.outcome = Some(Outcome::Skipped);
+                    s.error = Some(reason.clone());
+                }
+            }
+            Event::UndoStarted { .. } => self.report.compensated = true,
+            Event::UndoFinished { step, outcome, .. } => {
+                if let Some(s) = self.step(step) {
+                    s.undo = Some(*outcome);
+                }
+            }
+            Event::CheckFinished { .. } => self.check(&r.event),
+            Event::BudgetExceeded { .. } => self.report.budget_exceeded = true,
+            Event::Approved {
+                step,
+                approved_by,
+                method,
+                role,
+            } => self.report.approvals.push(ApprovalRecord {
+                step: step.clone(),
+                approved_by: approved_by.clone(),
+                method: method.clone(),
+                role: role.clone(),
+            }),
+            Event::NotificationFailed {
+                notifier,
+                about,
+                error,
+            } => self
+                .report
+                .notification_failures
+                .push(format!("{notifier} ({about}): {error}")),
+            Event::ProgramStarted { .. }
+            | Event::ProgramEnded { .. }
+            | Event::ProgramSettled { .. } => self.program(&r.event, &r.at),
+            Event::RunFinished {
+                status,
+                duration_ms,
+                ..
+            } => {
+                self.report.status = Some(*status);
+                self.report.duration_ms = Some(*duration_ms);
+                self.report.elapsed_ms = at;
+            }
+            Event::RunStarted { .. }
+            | Event::StepProgress { .. }
+            | Event::StepRetrying { .. }
+            | Event::StateSaved { .. }
+            | Event::CancelRequested { .. } => {}
+        }
+    }
+
+    fn resumed(&mut self, operator: &str, at: &str) {
+        self.report
+            .resumed
+            .push((operator.to_string(), at.to_string()));
+        self.report.status = None;
+        self.report.budget_exceeded = false;
+        for s in &mut self.report.steps {
+            if s.outcome == Some(Outcome::Succeeded) {
+                s.from_earlier_segment = true;
+            }
+        }
+    }
+
+    fn check(&mut self, event: &Event) {
+        let Event::CheckFinished {
+            phase,
+            name,
+            kind,
+            passed,
+            observed,
+            expected,
+            attempts,
+            duration_ms,
+        } = event
+        else {
+            return;
+        };
+        let checks = &mut self.report.checks;
+        checks.retain(|c| !(c.phase == *phase && c.name == *name));
+        checks.push(CheckReport {
+            phase: *phase,
+            name: name.clone(),
+            kind: kind.clone(),
+            passed: *passed,
+            observed: observed.clone(),
+            expected: expected.clone(),
+            attempts: *attempts,
+            duration_ms: *duration_ms,
+        });
+    }
+
+    fn program(&mut self, event: &Event, at: &str) {
+        match event {
+            Event::ProgramStarted { step, program } => {
+                if let Some(s) = self.step(step) {
+                    s.programs.push(ProgramReport {
+                        command: program.command.clone(),
+                        pid: program.pid,
+                        host: program.host.clone(),
+                        started_at: at.to_string(),
+                        ended: None,
+                    });
+                }
+            }
+            Event::ProgramEnded {
+                step, pid, status, ..
+            } => self.program_ended(step, *pid, status),
+            Event::ProgramSettled {
+                step,
+                program,
+                outcome,
+            } => self.program_ended(step, program.pid, outcome),
+            _ => {}
+        }
+    }
+
+    fn program_ended(&mut self, step: &str, pid: u32, how: &str) {
+        if let Some(p) = self.step(step).and_then(|s| {
+            s.programs
+                .iter_mut()
+                .rev()
+                .find(|p| p.pid == pid && p.ended.is_none())
+        }) {
+            p.ended = Some(how.to_string());
+        }
+    }
+}
+
 impl RunReport {
     /// Folds records (the first must be `run_started`) into a report.
     pub fn from_records(records: &[Record]) -> Option<RunReport> {
@@ -117,159 +339,27 @@ impl RunReport {
         let Event::RunStarted { run, steps } = &first.event else {
             return None;
         };
-        let t0 = first.time().unwrap_or(SystemTime::UNIX_EPOCH);
-        let mut report = RunReport {
-            run: run.clone(),
-            status: None,
-            duration_ms: None,
-            elapsed_ms: None,
-            budget_ms: run.budget_ms,
-            budget_exceeded: false,
-            steps: steps
-                .iter()
-                .map(|s| StepReport {
-                    id: s.id.clone(),
-                    kind: s.kind.clone(),
-                    describe: s.describe.clone(),
-                    outcome: None,
-                    attempts: 0,
-                    start_ms: None,
-                    duration_ms: None,
-                    outputs: Outputs::new(),
-                    error: None,
-                    undo: None,
-                    from_earlier_segment: false,
-                })
-                .collect(),
-            checks: Vec::new(),
-            approvals: Vec::new(),
-            notification_failures: Vec::new(),
-            resumed: Vec::new(),
-            compensated: false,
+        let mut fold = Fold {
+            t0: first.time().unwrap_or(SystemTime::UNIX_EPOCH),
+            report: RunReport {
+                run: run.clone(),
+                status: None,
+                duration_ms: None,
+                elapsed_ms: None,
+                budget_ms: run.budget_ms,
+                budget_exceeded: false,
+                steps: steps.iter().map(StepReport::planned).collect(),
+                checks: Vec::new(),
+                approvals: Vec::new(),
+                notification_failures: Vec::new(),
+                resumed: Vec::new(),
+                compensated: false,
+            },
         };
         for r in rest {
-            let at = r.time().map(|t| ms_between(t0, t));
-            let step =
-                |report: &mut RunReport, id: &str| report.steps.iter().position(|s| s.id == id);
-            match &r.event {
-                Event::RunResumed { operator, .. } => {
-                    report.resumed.push((operator.clone(), r.at.clone()));
-                    report.status = None;
-                    report.budget_exceeded = false;
-                    for s in &mut report.steps {
-                        if s.outcome == Some(Outcome::Succeeded) {
-                            s.from_earlier_segment = true;
-                        }
-                    }
-                }
-                Event::StepStarted {
-                    step: id, attempt, ..
-                } => {
-                    if let Some(i) = step(&mut report, id) {
-                        let s = &mut report.steps[i];
-                        if *attempt == 1 {
-                            s.start_ms = at;
-                            s.outcome = None;
-                            s.error = None;
-                            s.from_earlier_segment = false;
-                        }
-                        s.attempts = *attempt;
-                    }
-                }
-                Event::StepFinished {
-                    step: id,
-                    outcome,
-                    attempts,
-                    duration_ms,
-                    outputs,
-                    error,
-                    ..
-                } => {
-                    if let Some(i) = step(&mut report, id) {
-                        let s = &mut report.steps[i];
-                        s.outcome = Some(*outcome);
-                        s.attempts = *attempts;
-                        s.duration_ms = Some(*duration_ms);
-                        s.outputs = outputs.clone();
-                        s.error = error.clone();
-                        if s.start_ms.is_none() {
-                            s.start_ms = at.map(|a| a.saturating_sub(*duration_ms));
-                        }
-                    }
-                }
-                Event::StepSkipped { step: id, reason } => {
-                    if let Some(i) = step(&mut report, id) {
-                        report.steps[i].outcome = Some(Outcome::Skipped);
-                        report.steps[i].error = Some(reason.clone());
-                    }
-                }
-                Event::UndoStarted { .. } => report.compensated = true,
-                Event::UndoFinished {
-                    step: id, outcome, ..
-                } => {
-                    if let Some(i) = step(&mut report, id) {
-                        report.steps[i].undo = Some(*outcome);
-                    }
-                }
-                Event::CheckFinished {
-                    phase,
-                    name,
-                    kind,
-                    passed,
-                    observed,
-                    expected,
-                    attempts,
-                    duration_ms,
-                } => {
-                    report
-                        .checks
-                        .retain(|c| !(c.phase == *phase && c.name == *name));
-                    report.checks.push(CheckReport {
-                        phase: *phase,
-                        name: name.clone(),
-                        kind: kind.clone(),
-                        passed: *passed,
-                        observed: observed.clone(),
-                        expected: expected.clone(),
-                        attempts: *attempts,
-                        duration_ms: *duration_ms,
-                    });
-                }
-                Event::BudgetExceeded { .. } => report.budget_exceeded = true,
-                Event::Approved {
-                    step,
-                    approved_by,
-                    method,
-                    role,
-                } => report.approvals.push(ApprovalRecord {
-                    step: step.clone(),
-                    approved_by: approved_by.clone(),
-                    method: method.clone(),
-                    role: role.clone(),
-                }),
-                Event::NotificationFailed {
-                    notifier,
-                    about,
-                    error,
-                } => report
-                    .notification_failures
-                    .push(format!("{notifier} ({about}): {error}")),
-                Event::RunFinished {
-                    status,
-                    duration_ms,
-                    ..
-                } => {
-                    report.status = Some(*status);
-                    report.duration_ms = Some(*duration_ms);
-                    report.elapsed_ms = at;
-                }
-                Event::RunStarted { .. }
-                | Event::StepProgress { .. }
-                | Event::StepRetrying { .. }
-                | Event::CancelRequested { .. } => {}
-            }
+            fold.apply(r);
         }
-        Some(report)
+        Some(fold.report)
     }
 
     /// The report of a stored run.

@@ -13,6 +13,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::approval::Approver;
 use crate::event::{Event, RunInfo};
+use crate::state::{RunDirState, StateStore};
 use crate::template::Resolver;
 
 /// Named results of a step, readable by later steps as `${steps.ID.NAME}`.
@@ -295,10 +296,42 @@ pub struct StepContext {
     pub(crate) run_dir: PathBuf,
     pub(crate) approver: Arc<dyn Approver>,
     pub(crate) progress: ProgressSink,
+    /// Journals what a step's helpers do (programs started, state saved).
+    pub(crate) recorder: Arc<dyn Recorder>,
+    /// Where the run's state is kept (the journal store).
+    pub(crate) state: Arc<dyn StateStore>,
+    /// Pieces of state the journal says were saved in this run, by (step, name).
+    pub(crate) saved: Arc<std::sync::Mutex<std::collections::HashSet<(String, String)>>>,
+    /// An earlier attempt of this step started (in this segment or before a
+    /// crash): its effects may already be there.
+    pub(crate) rerun: bool,
+    /// The operator asked to run this step as if for the first time.
+    pub(crate) fresh: bool,
 }
 
 /// Where a step's progress lines go: `(step id, message)`.
 pub(crate) type ProgressSink = Arc<dyn Fn(&str, &str) + Send + Sync>;
+
+/// Journals events on behalf of a step's helpers (the program runner, the
+/// state store); the executor's run bus is one.
+#[async_trait]
+pub(crate) trait Recorder: Send + Sync {
+    /// Queues an event (redacted like every other).
+    fn queue(&self, event: Event);
+    /// Waits until everything queued so far is durable.
+    async fn commit(&self) -> crate::Result<()>;
+}
+
+/// The recorder of a context outside a plan: nothing is journaled.
+struct Unrecorded;
+
+#[async_trait]
+impl Recorder for Unrecorded {
+    fn queue(&self, _event: Event) {}
+    async fn commit(&self) -> crate::Result<()> {
+        Ok(())
+    }
+}
 
 impl fmt::Debug for StepContext {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -313,6 +346,7 @@ impl fmt::Debug for StepContext {
 impl StepContext {
     /// A context for running a step or check outside a plan (tests, embedding).
     pub fn standalone(step_id: impl Into<String>, run_dir: impl Into<PathBuf>) -> Self {
+        let run_dir = run_dir.into();
         StepContext {
             run_id: "standalone".into(),
             step_id: step_id.into(),
@@ -322,9 +356,14 @@ impl StepContext {
             deadline: None,
             cancel: CancellationToken::new(),
             resolver: Arc::new(Resolver::new(BTreeMap::new())),
-            run_dir: run_dir.into(),
+            state: Arc::new(RunDirState(run_dir.clone())),
+            run_dir,
             approver: Arc::new(crate::approval::NonInteractive { assume_yes: false }),
             progress: Arc::new(|_, _| {}),
+            recorder: Arc::new(Unrecorded),
+            saved: Default::default(),
+            rerun: false,
+            fresh: false,
         }
     }
 
@@ -453,6 +492,107 @@ impl StepContext {
     /// Asks for approval (the `confirm` kind, approval policies).
     pub fn approver(&self) -> &Arc<dyn Approver> {
         &self.approver
+    }
+
+    /// Whether an earlier attempt of this step started in this run (a retry,
+    /// or a resume after its runner died): its effects may already be there,
+    /// and a target it computed then must not be recomputed now.
+    pub fn is_rerun(&self) -> bool {
+        self.rerun
+    }
+
+    /// A copy marked as a re-run (for tests of a kind's resume path).
+    pub fn as_rerun(mut self) -> Self {
+        self.rerun = true;
+        self
+    }
+
+    /// Keeps `bytes` as this step's piece `name` in the journal store,
+    /// durably, before the step goes on: every runner of a shared journal can
+    /// read it back (a resume, an undo). Refused when it holds a secret value
+    /// of this run: keep secrets where they are already protected.
+    pub async fn save_state(&self, name: &str, bytes: Vec<u8>) -> Result<(), StepError> {
+        if self.resolver.has_secrets() {
+            let text = String::from_utf8_lossy(&bytes);
+            if self.resolver.redact(&text) != text {
+                return Err(StepError::fatal(format!(
+                    "step `{}` would keep `{name}` with a secret value in it in the journal store:                      secrets stay where they are protected",
+                    self.step_id
+                )));
+            }
+        }
+        let len = bytes.len() as u64;
+        self.state
+            .put_state(&self.run_id, &self.step_id, name, bytes)
+            .await
+            .map_err(|e| {
+                StepError::fatal(format!("cannot keep `{name}` in the journal store: {e}"))
+            })?;
+        self.recorder.queue(Event::StateSaved {
+            step: self.step_id.clone(),
+            name: name.to_string(),
+            bytes: len,
+        });
+        self.recorder
+            .commit()
+            .await
+            .map_err(|e| StepError::fatal(format!("cannot journal that `{name}` was kept: {e}")))?;
+        self.saved
+            .lock()
+            .expect("saved state set")
+            .insert((self.step_id.clone(), name.to_string()));
+        Ok(())
+    }
+
+    /// This step's piece `name`, if it was kept. When the journal says it was
+    /// kept and the store no longer has it, that is an error: a step that
+    /// depends on what it did before must not guess (unless the operator
+    /// asked to run the step fresh).
+    pub async fn load_state(&self, name: &str) -> Result<Option<Vec<u8>>, StepError> {
+        let found = self
+            .state
+            .get_state(&self.run_id, &self.step_id, name)
+            .await
+            .map_err(|e| {
+                StepError::retryable(format!("cannot read `{name}` from the journal store: {e}"))
+            })?;
+        if found.is_some() || self.fresh {
+            return Ok(found);
+        }
+        let recorded = self
+            .saved
+            .lock()
+            .expect("saved state set")
+            .contains(&(self.step_id.clone(), name.to_string()));
+        if recorded {
+            return Err(StepError::fatal(format!(
+                "the `{name}` that step `{}` kept in run {} is missing from the journal store; without it the                  step would recompute its target from what it sees now, which can undo what it did. Check the                  target, then resume with `--fresh {}` to run the step as if for the first time",
+                self.step_id, self.run_id, self.step_id
+            )));
+        }
+        Ok(None)
+    }
+
+    /// Keeps what this step set out to do (`intent`), before its effect.
+    pub async fn save_intent<T: Serialize>(&self, intent: &T) -> Result<(), StepError> {
+        let bytes = serde_json::to_vec_pretty(intent).expect("an intent serializes");
+        self.save_state("intent", bytes).await
+    }
+
+    /// What this step set out to do in an earlier attempt, if it got as far
+    /// as saying (see [`StepContext::load_state`] for a missing one).
+    pub async fn load_intent<T: serde::de::DeserializeOwned>(
+        &self,
+    ) -> Result<Option<T>, StepError> {
+        match self.load_state("intent").await? {
+            None => Ok(None),
+            Some(bytes) => serde_json::from_slice(&bytes).map(Some).map_err(|e| {
+                StepError::fatal(format!(
+                    "the intent step `{}` kept cannot be read ({e}); resume with `--fresh {}` after checking                      the target",
+                    self.step_id, self.step_id
+                ))
+            }),
+        }
     }
 }
 

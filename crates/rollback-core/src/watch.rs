@@ -19,6 +19,7 @@ use crate::error::{Error, LockHolder, Result};
 use crate::event::RunStatus;
 use crate::executor::{Executor, RunOptions};
 use crate::journal::timestamp;
+use crate::measure::{measure, Measured};
 use crate::plan::Plan;
 use crate::step::StepContext;
 
@@ -170,30 +171,12 @@ impl Watcher {
             let ctx = StepContext::standalone(format!("trigger:{}", check.name), &self.run_dir)
                 .with_vars(plan.vars.clone());
             set.spawn(async move {
-                let result = tokio::time::timeout(check.timeout, check.verifier.check(&ctx)).await;
-                let (condition, observed, expected) = match result {
-                    Ok(Ok(m)) => (
-                        if m.passed {
-                            RuleCondition::Ok
-                        } else {
-                            RuleCondition::Violating
-                        },
-                        m.observed,
-                        m.expected,
-                    ),
-                    Ok(Err(e)) => (
-                        RuleCondition::Unknown,
-                        e.full_message(),
-                        check.verifier.describe(),
-                    ),
-                    Err(_) => (
-                        RuleCondition::Unknown,
-                        format!(
-                            "no result within {}",
-                            humantime::format_duration(check.timeout)
-                        ),
-                        check.verifier.describe(),
-                    ),
+                let (condition, observed, expected) = match measure(&check, &ctx).await {
+                    Measured::Taken(m) if m.passed => (RuleCondition::Ok, m.observed, m.expected),
+                    Measured::Taken(m) => (RuleCondition::Violating, m.observed, m.expected),
+                    Measured::Unmeasurable { observed, expected } => {
+                        (RuleCondition::Unknown, observed, expected)
+                    }
                 };
                 (i, condition, observed, expected)
             });

@@ -9,8 +9,14 @@
 //! ```text
 //! runs(run_id PK, plan, started_at, info jsonb, plan_text, created)
 //! records(run_id, n, record jsonb, PK (run_id, n))   one row per journal record
+//! state(run_id, step, name, body bytea, saved, PK (run_id, step, name))
+//!                                                    steps' intents and small artifacts
 //! plan_locks(plan PK, holder jsonb, backend_pid, taken)   who holds each plan's lock
 //! ```
+//!
+//! A step's state (its intent, objects it captured) is kept here, not on the
+//! runner's disk, so a runner that resumes a run another one started finds
+//! it.
 //!
 //! A record is durable when `commit` returns: the queued records are inserted
 //! in one statement, and PostgreSQL's commit (with its default
@@ -27,7 +33,7 @@ use std::sync::{Arc, Mutex};
 use async_trait::async_trait;
 use rollback_core::{
     Error, Event, JournalStore, LockHolder, PlanLockGuard, PlanLocker, Record, Result, RunInfo,
-    RunJournal, RunSummary, StoredRun,
+    RunJournal, RunSummary, StateEntry, StateStore, StoredRun,
 };
 use sha2::{Digest, Sha256};
 use sqlx::postgres::{PgConnectOptions, PgConnection, PgPool, PgPoolOptions};
@@ -71,6 +77,13 @@ async fn ensure_schema(conn: &mut PgConnection, schema: &str) -> Result<()> {
              n bigint NOT NULL,
              record jsonb NOT NULL,
              PRIMARY KEY (run_id, n));
+         CREATE TABLE IF NOT EXISTS {s}.state (
+             run_id text NOT NULL REFERENCES {s}.runs (run_id) ON DELETE CASCADE,
+             step text NOT NULL,
+             name text NOT NULL,
+             body bytea NOT NULL,
+             saved timestamptz NOT NULL DEFAULT now(),
+             PRIMARY KEY (run_id, step, name));
          CREATE TABLE IF NOT EXISTS {s}.plan_locks (
              plan text PRIMARY KEY,
              holder jsonb NOT NULL,
@@ -174,6 +187,58 @@ impl PgJournalStore {
             pending: Mutex::new(Vec::new()),
             next: tokio::sync::Mutex::new(next),
         })
+    }
+}
+
+#[async_trait]
+impl StateStore for PgJournalStore {
+    async fn put_state(&self, run_id: &str, step: &str, name: &str, bytes: Vec<u8>) -> Result<()> {
+        rollback_core::state::check_size(step, name, bytes.len())?;
+        sqlx::query(&format!(
+            "INSERT INTO {} (run_id, step, name, body) VALUES ($1, $2, $3, $4) \
+             ON CONFLICT (run_id, step, name) DO UPDATE SET body = EXCLUDED.body, saved = now()",
+            self.table("state")
+        ))
+        .bind(run_id)
+        .bind(step)
+        .bind(name)
+        .bind(bytes)
+        .execute(&self.pool)
+        .await
+        .map_err(|e| journal_error(&format!("cannot keep `{name}` of step `{step}`"), e))?;
+        Ok(())
+    }
+
+    async fn get_state(&self, run_id: &str, step: &str, name: &str) -> Result<Option<Vec<u8>>> {
+        sqlx::query_scalar(&format!(
+            "SELECT body FROM {} WHERE run_id = $1 AND step = $2 AND name = $3",
+            self.table("state")
+        ))
+        .bind(run_id)
+        .bind(step)
+        .bind(name)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(|e| journal_error(&format!("cannot read `{name}` of step `{step}`"), e))
+    }
+
+    async fn list_state(&self, run_id: &str) -> Result<Vec<StateEntry>> {
+        let rows = sqlx::query(&format!(
+            "SELECT step, name, octet_length(body)::bigint FROM {} WHERE run_id = $1 ORDER BY step, name",
+            self.table("state")
+        ))
+        .bind(run_id)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(|e| journal_error("cannot list a run's state", e))?;
+        Ok(rows
+            .iter()
+            .map(|r| StateEntry {
+                step: r.get(0),
+                name: r.get(1),
+                bytes: r.get::<i64, _>(2) as u64,
+            })
+            .collect())
     }
 }
 

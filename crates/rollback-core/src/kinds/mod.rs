@@ -26,7 +26,7 @@ use crate::registry::Registry;
 
 /// How much of a program's stdout or stderr, or of a response body, a kind
 /// keeps (64 KiB).
-pub(crate) const OUTPUT_CAP: usize = 64 * 1024;
+pub(crate) const OUTPUT_CAP: usize = crate::process::OUTPUT_CAP;
 
 /// Registers core's kinds: steps `exec`, `http`, `wait`, `confirm`,
 /// `git.restore`; verifiers `exec`, `http`, `tcp`.
