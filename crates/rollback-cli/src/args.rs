@@ -156,11 +156,24 @@ pub enum Command {
     /// Continue a run that died or was interrupted, without repeating completed steps.
     ///
     /// RUN is a run id from `rollback history`, or `last` for the newest
-    /// unfinished run. The step that was running when the run stopped runs
-    /// again (steps are idempotent).
+    /// unfinished run. Any runner of the same journal can resume it (with
+    /// `--journal postgres://...`, not only the one that started it). Programs
+    /// the dead runner left running are ended first; then the step that was
+    /// running when the run stopped runs again, towards the target it chose
+    /// the first time (kept in the journal as its intent).
     Resume {
         /// Run id, or `last`.
         run_id: String,
+        /// Run STEP as if for the first time although the intent it kept is
+        /// missing from the journal (repeatable). Check the step's target first:
+        /// without its intent the step recomputes "previous" from what it sees.
+        #[arg(long, value_name = "STEP")]
+        fresh: Vec<String>,
+        /// The programs the dead runner started on HOST have ended (or HOST is
+        /// down); needed when resuming on another host than the one that ran
+        /// them (repeatable, or comma-separated).
+        #[arg(long, value_name = "HOST", value_delimiter = ',')]
+        programs_ended_on: Vec<String>,
         /// Operator and approvals.
         #[command(flatten)]
         run: RunArgs,

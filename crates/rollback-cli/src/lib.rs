@@ -199,7 +199,18 @@ async fn dispatch(cli: Cli) -> i32 {
         Command::Drill { plan, reason, run } => {
             run_plan(&journal, &plan, reason, None, &run, true, format).await
         }
-        Command::Resume { run_id, run } => resume(&journal, &run_id, &run, format).await,
+        Command::Resume {
+            run_id,
+            fresh,
+            programs_ended_on,
+            run,
+        } => {
+            let how = ResumeHow {
+                fresh,
+                programs_ended_on,
+            };
+            resume(&journal, &run_id, &run, &how).await
+        }
         Command::History { plan, limit } => history(&journal, plan.as_deref(), limit).await,
         Command::Preflight {
             plan,
@@ -409,15 +420,24 @@ fn approver(run: &RunArgs, progress: &Progress) -> rollback_core::Result<Arc<dyn
     }))
 }
 
-/// First Ctrl-C: stop scheduling and let running steps finish. Second: quit.
-fn install_ctrl_c(cancel: CancellationToken) {
+/// How long a second Ctrl-C waits for the run to journal the end of its
+/// running steps before the process exits anyway.
+const QUIT_GRACE: Duration = Duration::from_secs(3);
+
+/// First Ctrl-C: stop scheduling and let running steps finish. Second: quit
+/// now: the running steps are ended with their programs and journaled as
+/// interrupted, then the run returns (or, past a grace period, the process
+/// exits).
+fn install_ctrl_c(cancel: CancellationToken, quit: CancellationToken) {
     tokio::spawn(async move {
         if tokio::signal::ctrl_c().await.is_ok() {
             cancel.cancel();
             if tokio::signal::ctrl_c().await.is_ok() {
+                quit.cancel();
+                tokio::time::sleep(QUIT_GRACE).await;
                 // Exiting skips destructors: end the steps' programs first.
-                rollback_core::kinds::exec::end_running_programs();
-                eprintln!("\ninterrupted; the journal is consistent: continue with `rollback resume last`");
+                rollback_core::process::end_running_programs();
+                eprintln!("\ninterrupted; continue with `rollback resume last`");
                 std::process::exit(exit::CANCELLED);
             }
         }
@@ -431,11 +451,13 @@ fn run_options(
 ) -> rollback_core::Result<RunOptions> {
     let approver = approver(run, progress)?;
     let cancel = CancellationToken::new();
-    install_ctrl_c(cancel.clone());
+    let quit = CancellationToken::new();
+    install_ctrl_c(cancel.clone(), quit.clone());
     let p = progress.clone();
     let mut options = RunOptions::new(reason)
         .approver(approver)
         .cancel(cancel)
+        .quit(quit)
         .observer(move |record| p.on_record(record));
     if let Some(op) = &run.operator {
         options = options.operator(op.clone());
@@ -547,11 +569,17 @@ async fn finish_run(
     Ok(Outcome { json, text, code })
 }
 
+/// What the operator says about a resume.
+struct ResumeHow {
+    fresh: Vec<String>,
+    programs_ended_on: Vec<String>,
+}
+
 async fn resume(
     journal: &Journal,
     run_id: &str,
     run: &RunArgs,
-    _format: OutputFormat,
+    how: &ResumeHow,
 ) -> rollback_core::Result<Outcome> {
     let store = journal.store.clone();
     let run_id = rollback_core::journal::resolve_run_id(store.as_ref(), run_id, true).await?;
@@ -571,6 +599,15 @@ async fn resume(
     let progress = Progress::new(plan.budget);
     let mut options = run_options(run, stored.info.reason.clone(), &progress)?;
     options.drill = stored.info.drill;
+    for step in &how.fresh {
+        if !plan.steps.iter().any(|s| &s.id == step) {
+            return Err(Error::InvalidInput {
+                message: format!("--fresh {step}: plan {} has no step `{step}`", plan.name),
+            });
+        }
+    }
+    options.fresh = how.fresh.clone();
+    options.programs_ended_on = how.programs_ended_on.clone();
     let ticker = progress.spawn_ticker();
     let result = executor.resume(&plan, &run_id, options).await;
     finish_run(

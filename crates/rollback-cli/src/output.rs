@@ -175,175 +175,206 @@ impl Progress {
 
     /// Shows one event.
     pub fn on_record(&self, record: &Record) {
-        let s = self.style;
         let mut st = self.state.lock().expect("progress");
         match &record.event {
-            Event::RunStarted { run, steps } => {
-                let text = format!(
-                    "run {} of plan {} ({} steps) by {}: {}",
-                    s.bold(&run.run_id),
-                    run.plan,
-                    steps.len(),
-                    run.operator,
-                    run.reason
-                );
-                self.line(&mut st, text);
-            }
-            Event::RunResumed { completed, .. } => {
-                let text = format!(
-                    "resumed; {} completed step(s) will not run again: {}",
-                    completed.len(),
-                    completed.join(", ")
-                );
-                self.line(&mut st, text);
-            }
-            Event::StepStarted {
-                step,
-                kind,
-                attempt,
-            } => {
+            Event::StepStarted { step, .. } => {
                 st.running.insert(step.clone(), Instant::now());
-                let again = if *attempt > 1 {
-                    format!(" (attempt {attempt})")
-                } else {
-                    String::new()
-                };
-                self.line(
-                    &mut st,
-                    format!("{} {step} started{again} {}", s.dim("▸"), s.dim(kind)),
-                );
             }
-            Event::StepProgress { step, message } => {
-                self.line(&mut st, format!("  {step}: {message}"))
-            }
-            Event::StepRetrying {
-                step,
-                attempt,
-                error,
-                delay_ms,
-            } => {
-                let first = error.lines().next().unwrap_or_default();
-                self.line(
-                    &mut st,
-                    s.warn(&format!(
-                        "↻ {step} attempt {attempt} failed: {first}; retrying in {}",
-                        fmt_ms(*delay_ms)
-                    )),
-                );
-            }
-            Event::StepFinished {
-                step,
-                outcome,
-                duration_ms,
-                error,
-                ..
-            } => {
+            Event::StepFinished { step, .. } => {
                 st.running.remove(step);
-                let took = fmt_ms(*duration_ms);
-                let text = match outcome {
-                    Outcome::Succeeded => format!("{} {step} done in {took}", s.ok("✓")),
-                    other => {
-                        let why = error.as_deref().unwrap_or_default();
-                        let mut t = s.bad(&format!("✗ {step} {} after {took}", other.as_str()));
-                        for l in why.lines() {
-                            t.push_str(&format!("\n            {l}"));
-                        }
-                        t
-                    }
-                };
-                self.line(&mut st, text);
             }
-            Event::StepSkipped { step, reason } => {
-                self.line(&mut st, s.dim(&format!("- {step} not run: {reason}")))
-            }
-            Event::UndoStarted { step } => self.line(&mut st, s.warn(&format!("↶ undoing {step}"))),
-            Event::UndoFinished {
-                step,
-                outcome,
-                error,
-                ..
-            } => {
-                let text = match outcome {
-                    Outcome::Succeeded => s.warn(&format!("↶ {step} undone")),
-                    _ => s.bad(&format!(
-                        "↶ undo of {step} failed: {}",
-                        error.as_deref().unwrap_or_default()
-                    )),
-                };
-                self.line(&mut st, text);
-            }
-            Event::CheckFinished {
-                phase,
-                name,
-                passed,
-                observed,
-                expected,
-                attempts,
-                ..
-            } => {
-                let phase = match phase {
-                    CheckPhase::Preflight => "preflight",
-                    CheckPhase::Verify => "verify",
-                };
-                let tries = if *attempts > 1 {
-                    format!(" after {attempts} measurements")
-                } else {
-                    String::new()
-                };
-                let text = if *passed {
-                    format!("{} {phase} {name}: {observed}{tries}", s.ok("✓"))
-                } else {
-                    s.bad(&format!(
-                        "✗ {phase} {name}: {observed} (expected {expected}){tries}"
-                    ))
-                };
-                self.line(&mut st, text);
-            }
-            Event::BudgetExceeded {
-                budget_ms, running, ..
-            } => {
-                let mut text = format!("⏱ budget of {} exceeded", fmt_ms(*budget_ms));
-                if !running.is_empty() {
-                    text.push_str(&format!(" while running {}", running.join(", ")));
-                }
-                self.line(&mut st, s.bad(&text));
-            }
-            Event::CancelRequested { running } => {
-                let text = if running.is_empty() {
-                    "stopping: no new step will start".to_string()
-                } else {
-                    format!("stopping: no new step will start; waiting for {} (Ctrl-C again to quit now)", running.join(", "))
-                };
-                self.line(&mut st, s.warn(&text));
-            }
-            Event::Approved {
-                step,
-                approved_by,
-                method,
-                role,
-            } => {
-                let what = match role {
-                    Some(role) => format!("{step} approved by {approved_by} as {role} ({method})"),
-                    None => format!("{step} approved by {approved_by} ({method})"),
-                };
-                self.line(&mut st, what)
-            }
-            Event::NotificationFailed {
-                notifier,
-                about,
-                error,
-            } => self.line(
-                &mut st,
-                s.warn(&format!(
-                    "notification {about} via {notifier} failed: {error}"
-                )),
-            ),
             Event::RunFinished { .. } => {
                 st.running.clear();
                 self.clear_status(&mut st);
+                return;
             }
+            _ => {}
+        }
+        if let Some(text) = event_line(self.style, &record.event) {
+            self.line(&mut st, text);
         }
     }
+}
+
+/// The progress line of an event, if it has one.
+fn event_line(s: Style, event: &Event) -> Option<String> {
+    Some(match event {
+        Event::RunStarted { run, steps } => format!(
+            "run {} of plan {} ({} steps) by {}: {}",
+            s.bold(&run.run_id),
+            run.plan,
+            steps.len(),
+            run.operator,
+            run.reason
+        ),
+        Event::RunResumed { completed, .. } => format!(
+            "resumed; {} completed step(s) will not run again: {}",
+            completed.len(),
+            completed.join(", ")
+        ),
+        Event::StepStarted {
+            step,
+            kind,
+            attempt,
+        } => {
+            let again = if *attempt > 1 {
+                format!(" (attempt {attempt})")
+            } else {
+                String::new()
+            };
+            format!("{} {step} started{again} {}", s.dim("▸"), s.dim(kind))
+        }
+        Event::StepProgress { step, message } => format!("  {step}: {message}"),
+        Event::StepRetrying {
+            step,
+            attempt,
+            error,
+            delay_ms,
+        } => s.warn(&format!(
+            "↻ {step} attempt {attempt} failed: {}; retrying in {}",
+            error.lines().next().unwrap_or_default(),
+            fmt_ms(*delay_ms)
+        )),
+        Event::StepFinished { .. } => step_finished_line(s, event),
+        Event::StepSkipped { step, reason } => s.dim(&format!("- {step} not run: {reason}")),
+        Event::UndoStarted { step } => s.warn(&format!("↶ undoing {step}")),
+        Event::UndoFinished {
+            step,
+            outcome: Outcome::Succeeded,
+            ..
+        } => s.warn(&format!("↶ {step} undone")),
+        Event::UndoFinished { step, error, .. } => s.bad(&format!(
+            "↶ undo of {step} failed: {}",
+            error.as_deref().unwrap_or_default()
+        )),
+        Event::CheckFinished { .. } => check_line(s, event),
+        Event::BudgetExceeded {
+            budget_ms, running, ..
+        } => {
+            let mut text = format!("⏱ budget of {} exceeded", fmt_ms(*budget_ms));
+            if !running.is_empty() {
+                text.push_str(&format!(" while running {}", running.join(", ")));
+            }
+            s.bad(&text)
+        }
+        Event::CancelRequested { running } if running.is_empty() => {
+            s.warn("stopping: no new step will start")
+        }
+        Event::CancelRequested { running } => s.warn(&format!(
+            "stopping: no new step will start; waiting for {} (Ctrl-C again to quit now)",
+            running.join(", ")
+        )),
+        Event::Approved {
+            step,
+            approved_by,
+            method,
+            role: Some(role),
+        } => format!("{step} approved by {approved_by} as {role} ({method})"),
+        Event::Approved {
+            step,
+            approved_by,
+            method,
+            role: None,
+        } => format!("{step} approved by {approved_by} ({method})"),
+        Event::NotificationFailed {
+            notifier,
+            about,
+            error,
+        } => s.warn(&format!(
+            "notification {about} via {notifier} failed: {error}"
+        )),
+        Event::ProgramSettled {
+            step,
+            program,
+            outcome,
+        } => s.warn(&format!(
+            "{step}: `{}` (pid {}) left by the earlier runner {outcome}",
+            program.command, program.pid
+        )),
+        Event::ProgramStarted { .. }
+        | Event::ProgramEnded { .. }
+        | Event::StateSaved { .. }
+        | Event::RunFinished { .. } => return None,
+    })
+}
+
+fn step_finished_line(s: Style, event: &Event) -> String {
+    let Event::StepFinished {
+        step,
+        outcome,
+        duration_ms,
+        error,
+        ..
+    } = event
+    else {
+        return String::new();
+    };
+    let took = fmt_ms(*duration_ms);
+    if *outcome == Outcome::Succeeded {
+        return format!("{} {step} done in {took}", s.ok("✓"));
+    }
+    let mut t = s.bad(&format!("✗ {step} {} after {took}", outcome.as_str()));
+    for l in error.as_deref().unwrap_or_default().lines() {
+        t.push_str(&format!("\n            {l}"));
+    }
+    t
+}
+
+fn check_line(s: Style, event: &Event) -> String {
+    let Event::CheckFinished {
+        phase,
+        name,
+        passed,
+        observed,
+        expected,
+        attempts,
+        ..
+    } = event
+    else {
+        return String::new();
+    };
+    let phase = match phase {
+        CheckPhase::Preflight => "preflight",
+        CheckPhase::Verify => "verify",
+    };
+    let tries = if *attempts > 1 {
+        format!(" after {attempts} measurements")
+    } else {
+        String::new()
+    };
+    if *passed {
+        format!("{} {phase} {name}: {observed}{tries}", s.ok("✓"))
+    } else {
+        s.bad(&format!(
+            "✗ {phase} {name}: {observed} (expected {expected}){tries}"
+        ))
+    }
+}
+
+/// What is known of a step the journal shows started and never ended, and
+/// of the programs it started that have no end record.
+fn unfinished_notes(report: &RunReport, st: &rollback_core::StepReport) -> Vec<String> {
+    let mut notes = Vec::new();
+    if st.unfinished() {
+        let at = st.start_ms.map(fmt_ms).unwrap_or_default();
+        let why = if report.status.is_some() {
+            "the runner quit before it ended"
+        } else {
+            "the runner died or quit while it ran"
+        };
+        notes.push(format!(
+            "started at +{at} (attempt {}); {why}; `rollback resume {}` runs it again",
+            st.attempts.max(1),
+            report.run.run_id
+        ));
+    }
+    for p in st.programs.iter().filter(|p| p.ended.is_none()) {
+        notes.push(format!(
+            "`{}` (pid {} on {}) started {}; no end recorded: a resume ends it first",
+            p.command, p.pid, p.host, p.started_at
+        ));
+    }
+    notes
 }
 
 fn terminal_width() -> usize {
@@ -414,6 +445,7 @@ pub fn render_report(report: &RunReport) -> String {
             Some(Outcome::Succeeded) => s.ok("succeeded"),
             Some(Outcome::Skipped) => s.dim("not run"),
             Some(o) => s.bad(o.as_str()),
+            None if st.unfinished() => s.warn("started, never ended"),
             None => s.dim("not run"),
         };
         let bar = match (st.start_ms, st.duration_ms) {
@@ -443,6 +475,9 @@ pub fn render_report(report: &RunReport) -> String {
             if let Some(first) = err.lines().next() {
                 out.push_str(&format!("  {:<width$}  {}\n", "", s.dim(first)));
             }
+        }
+        for line in unfinished_notes(report, st) {
+            out.push_str(&format!("  {:<width$}  {}\n", "", s.warn(&line)));
         }
     }
     if !report.checks.is_empty() {

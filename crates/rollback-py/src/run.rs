@@ -111,7 +111,7 @@ impl Watch {
                     // A second Ctrl-C: stop waiting, and end the programs
                     // the steps are running. The journal stays consistent
                     // (every record is written before it counts).
-                    rollback_core::kinds::exec::end_running_programs();
+                    rollback_core::process::end_running_programs();
                     return Err(e);
                 }
                 failure.get_or_insert(e);
