@@ -229,6 +229,20 @@ pub enum Command {
         plan: Option<String>,
     },
 
+    /// The report of a run, rebuilt from its journal (so any runner of a
+    /// shared journal can produce it): Markdown, self-contained HTML (with the
+    /// timeline of the steps against the budget) or JSON.
+    Report {
+        /// Run id, or `last`.
+        run_id: String,
+        /// md, html or json.
+        #[arg(long, default_value = "md", value_parser = ["md", "html", "json"])]
+        format: String,
+        /// Write it to this file instead of stdout.
+        #[arg(long, value_name = "FILE")]
+        out: Option<std::path::PathBuf>,
+    },
+
     /// List past runs, newest first.
     History {
         /// Only runs of this plan.

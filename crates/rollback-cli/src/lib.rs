@@ -220,6 +220,11 @@ async fn dispatch(cli: Cli) -> i32 {
         Command::Drills { plan } => drills(&journal, plan.as_deref()).await,
         Command::Watch { plan, once, run } => watch(&journal, &plan, once, &run, format).await,
         Command::Show { run_id } => show(&journal, &run_id).await,
+        Command::Report {
+            run_id,
+            format,
+            out,
+        } => report(&journal, &run_id, &format, out.as_deref()).await,
         Command::Schema => Ok(Outcome {
             json: rollback_core::schema::plan_schema(&registry()),
             text: serde_json::to_string_pretty(&rollback_core::schema::plan_schema(&registry()))
@@ -542,6 +547,12 @@ async fn finish_run(
                 path: dir.clone(),
                 source,
             })?;
+        // Kept with the run too, where every runner of the journal reads them.
+        for (name, body) in report.drill_documents() {
+            let run = &report.run.run_id;
+            let piece = rollback_core::state::RUN_PIECES;
+            journal.store.put_state(run, piece, name, body).await?;
+        }
         let verdict = if report.drill_passed() {
             Style::stdout().ok("PASS")
         } else {
@@ -653,10 +664,50 @@ async fn show(journal: &Journal, run_id: &str) -> rollback_core::Result<Outcome>
             "  (the journal's last line was cut short: the runner died while writing it)\n",
         );
     }
-    text.push_str(&format!(
-        "\n  journal: {}\n",
-        store.run_dir(&run_id).join("journal.jsonl").display()
-    ));
+    text.push_str(&format!("\n  journal: {}\n", store.location(&run_id)));
+    let kept = store.list_state(&run_id).await.unwrap_or_default();
+    if !kept.is_empty() {
+        text.push_str("  kept in the journal store:\n");
+        for piece in &kept {
+            text.push_str(&format!(
+                "    {} {} ({} bytes)\n",
+                piece.step, piece.name, piece.bytes
+            ));
+        }
+    }
+    Ok(Outcome {
+        json: to_json(&report),
+        text,
+        code: exit::SUCCESS,
+    })
+}
+
+async fn report(
+    journal: &Journal,
+    run_id: &str,
+    format: &str,
+    out: Option<&std::path::Path>,
+) -> rollback_core::Result<Outcome> {
+    let store = journal.store.clone();
+    let run_id = rollback_core::journal::resolve_run_id(store.as_ref(), run_id, false).await?;
+    let stored = store.read(&run_id).await?;
+    let report = RunReport::from_stored(&stored).ok_or_else(|| Error::InvalidInput {
+        message: format!("run {run_id} has an empty journal"),
+    })?;
+    let body = match format {
+        "html" => report.to_html(),
+        "json" => serde_json::to_string_pretty(&report).unwrap_or_default() + "\n",
+        _ => report.to_markdown(),
+    };
+    let text = match out {
+        Some(path) => {
+            std::fs::write(path, &body).map_err(|e| Error::InvalidInput {
+                message: format!("--out {}: {e}", path.display()),
+            })?;
+            format!("wrote the report of run {run_id} to {}\n", path.display())
+        }
+        None => body,
+    };
     Ok(Outcome {
         json: to_json(&report),
         text,

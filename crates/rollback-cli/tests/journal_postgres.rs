@@ -144,3 +144,83 @@ fn two_runners_share_history_and_the_plan_lock_through_postgres() {
     a.run(["--journal", "sqlite://x.db", "history"])
         .expect_code(2);
 }
+
+#[test]
+fn a_second_runner_lists_shows_and_reports_the_first_runners_drills() {
+    let Some(admin) = rollback_core::testing::require_env("DATABASE_URL") else {
+        return;
+    };
+    let url = fresh_database(&admin, "rollback_cli_shared_reports");
+    let (a, b) = (Sandbox::new(), Sandbox::new());
+    let plan = a.write(
+        "plan.yaml",
+        "name: drill-shared\nbudget: 1m\nsteps:\n  - id: noop\n    kind: exec\n    argv: [\"true\"]\n",
+    );
+    let plan = plan.to_str().expect("UTF-8 path");
+    a.run([
+        "--journal",
+        &url,
+        "drill",
+        plan,
+        "--reason",
+        "monthly drill",
+    ])
+    .expect_code(0);
+    let on_a = a.run(["--journal", &url, "-o", "json", "history"]);
+    let run_id = on_a.json()[0]["run_id"]
+        .as_str()
+        .expect("runner A's run")
+        .to_string();
+
+    // Runner B, with a state directory of its own, sees everything.
+    let history = b.run(["--journal", &url, "-o", "json", "history"]);
+    history.expect_code(0);
+    assert_eq!(history.json()[0]["run_id"], run_id.as_str());
+    let drills = b.run(["--journal", &url, "-o", "json", "drills"]);
+    drills.expect_code(0);
+    let drill = &drills.json()[0];
+    assert_eq!(drill["run_id"], run_id.as_str(), "{drill:#}");
+    assert_eq!(drill["passed"], true, "{drill:#}");
+    let show = b.run(["--journal", &url, "show", &run_id]);
+    show.expect_code(0);
+    for needle in [
+        "journal: the PostgreSQL journal",
+        "kept in the journal store",
+        "drill.md",
+        "drill.html",
+    ] {
+        assert!(
+            show.stdout.contains(needle),
+            "show lacks `{needle}`:\n{}",
+            show.stdout
+        );
+    }
+    let md = b.run(["--journal", &url, "report", &run_id]);
+    md.expect_code(0);
+    assert!(
+        md.stdout.contains("# Rollback drill: drill-shared — PASS"),
+        "{}",
+        md.stdout
+    );
+    let html = b.file("report.html");
+    b.run([
+        "--journal",
+        &url,
+        "report",
+        &run_id,
+        "--format",
+        "html",
+        "--out",
+        html.to_str().expect("UTF-8 path"),
+    ])
+    .expect_code(0);
+    let page = std::fs::read_to_string(&html).expect("report written");
+    assert!(
+        page.contains("<svg") && page.contains("drill-shared"),
+        "{page}"
+    );
+    assert!(
+        !b.state.join("runs").join(&run_id).exists(),
+        "runner B keeps nothing of A's run on its disk"
+    );
+}

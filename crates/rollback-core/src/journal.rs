@@ -203,6 +203,13 @@ pub trait JournalStore: StateStore {
     async fn lock(&self, plan: &str, holder: &LockHolder) -> Result<Box<dyn PlanLockGuard>>;
     /// The local folder for a run's files (artifacts, reports).
     fn run_dir(&self, run_id: &str) -> PathBuf;
+    /// Where a run's records are, for people (`rollback show`).
+    fn location(&self, run_id: &str) -> String {
+        self.run_dir(run_id)
+            .join("journal.jsonl")
+            .display()
+            .to_string()
+    }
 }
 
 /// Resolves `last` to the newest run (the newest unfinished one when
@@ -338,6 +345,20 @@ pub fn parse_journal(text: &str, path: &Path, plan_text: String) -> Result<Store
     })
 }
 
+/// Drops a last line cut short (a write the runner did not finish: a crash,
+/// a full disk), so that the records appended next start on a line of their
+/// own.
+fn cut_torn_tail(path: &Path) -> std::io::Result<()> {
+    let bytes = fs::read(path)?;
+    if bytes.is_empty() || bytes.ends_with(b"\n") {
+        return Ok(());
+    }
+    let keep = bytes.iter().rposition(|b| *b == b'\n').map_or(0, |i| i + 1);
+    let file = OpenOptions::new().write(true).open(path)?;
+    file.set_len(keep as u64)?;
+    file.sync_all()
+}
+
 fn write_synced(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     let mut f = File::create(path)?;
     f.write_all(bytes)?;
@@ -376,6 +397,7 @@ impl JournalStore for FileJournal {
                 dir: self.runs(),
             });
         }
+        cut_torn_tail(&path).map_err(|e| Error::journal(&path, e))?;
         Ok(Arc::new(FileRunJournal::open(&path)?))
     }
 
@@ -667,6 +689,13 @@ mod tests {
         f.write_all(b"{\"at\":\"2026").unwrap();
         let run = store.read("r1").await.unwrap();
         assert!(run.torn_tail);
+        // Reopened, the cut line is dropped and new records follow whole.
+        let j = store.reopen("r1").await.unwrap();
+        j.queue(Record::now(Event::CancelRequested { running: vec![] }));
+        j.commit().await.unwrap();
+        let again = store.read("r1").await.unwrap();
+        assert!(!again.torn_tail);
+        assert_eq!(again.records.len(), 3);
         assert_eq!(run.plan_text, "name: p\n");
         assert_eq!(run.completed_steps()["a"]["k"], serde_json::json!("v"));
         assert_eq!(run.status(), None);

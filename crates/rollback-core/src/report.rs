@@ -491,23 +491,32 @@ impl RunReport {
     /// folder in the state directory.
     pub fn write_drill_files(&self, dir: &std::path::Path) -> std::io::Result<DrillFiles> {
         std::fs::create_dir_all(dir)?;
-        let files = DrillFiles {
+        for (name, body) in self.drill_documents() {
+            std::fs::write(dir.join(name), body)?;
+        }
+        Ok(DrillFiles {
             markdown: dir.join("drill.md"),
             json: dir.join("drill.json"),
             html: dir.join("drill.html"),
-        };
+        })
+    }
+
+    /// The drill report as its three files: `drill.md`, `drill.json` (the
+    /// verdict with the whole report) and `drill.html`.
+    pub fn drill_documents(&self) -> [(&'static str, Vec<u8>); 3] {
         let doc = serde_json::json!({
             "passed": self.drill_passed(),
             "budget_used_percent": self.budget_used_percent(),
             "report": self,
         });
-        std::fs::write(&files.markdown, self.to_markdown())?;
-        std::fs::write(
-            &files.json,
-            serde_json::to_vec_pretty(&doc).expect("reports serialize"),
-        )?;
-        std::fs::write(&files.html, self.to_html())?;
-        Ok(files)
+        [
+            ("drill.md", self.to_markdown().into_bytes()),
+            (
+                "drill.json",
+                serde_json::to_vec_pretty(&doc).expect("reports serialize"),
+            ),
+            ("drill.html", self.to_html().into_bytes()),
+        ]
     }
 }
 

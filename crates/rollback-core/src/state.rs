@@ -22,6 +22,10 @@ use crate::error::{Error, Result};
 /// checksum in the step's outputs.
 pub const MAX_STATE_BYTES: usize = 16 << 20;
 
+/// The "step" under which pieces of the run as a whole are kept (drill
+/// reports): no step id can be written with `@`.
+pub const RUN_PIECES: &str = "@run";
+
 /// One piece of a run's state, as listed.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct StateEntry {

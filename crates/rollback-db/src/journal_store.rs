@@ -366,6 +366,13 @@ impl JournalStore for PgJournalStore {
     fn run_dir(&self, run_id: &str) -> PathBuf {
         self.state_dir.join("runs").join(run_id)
     }
+
+    fn location(&self, run_id: &str) -> String {
+        format!(
+            "the PostgreSQL journal, schema {}, run {run_id}",
+            self.schema
+        )
+    }
 }
 
 /// Appends one run's records; `commit` inserts everything queued in one statement.

@@ -46,6 +46,7 @@ pub(crate) fn block_on<T: Send + 'static>(
 /// How a run is watched.
 pub(crate) struct Watch {
     cancel: CancellationToken,
+    quit: CancellationToken,
     events: Mutex<mpsc::Receiver<Record>>,
     on_event: Option<Py<PyAny>>,
 }
@@ -54,13 +55,18 @@ impl Watch {
     /// Sets up `options` to report events and be cancellable from here.
     pub(crate) fn new(options: RunOptions, on_event: Option<Py<PyAny>>) -> (Watch, RunOptions) {
         let cancel = CancellationToken::new();
+        let quit = CancellationToken::new();
         let (tx, rx) = mpsc::channel::<Record>();
-        let options = options.cancel(cancel.clone()).observer(move |record| {
-            let _ = tx.send(record.clone());
-        });
+        let options = options
+            .cancel(cancel.clone())
+            .quit(quit.clone())
+            .observer(move |record| {
+                let _ = tx.send(record.clone());
+            });
         (
             Watch {
                 cancel,
+                quit,
                 events: Mutex::new(rx),
                 on_event,
             },
@@ -108,9 +114,15 @@ impl Watch {
                     self.cancel.is_cancelled() && e.is_instance_of::<PyKeyboardInterrupt>(py);
                 self.cancel.cancel();
                 if second_interrupt {
-                    // A second Ctrl-C: stop waiting, and end the programs
-                    // the steps are running. The journal stays consistent
-                    // (every record is written before it counts).
+                    // A second Ctrl-C: the running steps are ended with
+                    // their programs and journaled as interrupted; wait a
+                    // moment for that, then raise.
+                    self.quit.cancel();
+                    let _ = py.detach(|| {
+                        rt.block_on(async {
+                            tokio::time::timeout(Duration::from_secs(3), handle).await
+                        })
+                    });
                     rollback_core::process::end_running_programs();
                     return Err(e);
                 }

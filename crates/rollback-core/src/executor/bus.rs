@@ -86,7 +86,9 @@ impl Bus {
                 }
             }
         }
-        self.records.lock().expect("records").push(record.clone());
+        // One lock for both, so the journal and the report see one order.
+        let mut records = self.records.lock().expect("records");
+        records.push(record.clone());
         self.journal.queue(record);
     }
 

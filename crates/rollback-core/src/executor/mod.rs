@@ -285,7 +285,7 @@ impl Executor {
         if (outcome.failed || outcome.budget_aborted)
             && plan.on_failure == FailurePolicy::Compensate
         {
-            steps::compensate(plan, &run.completed_order, &run.base_ctx, &run.bus).await;
+            steps::compensate(plan, &run.base_ctx, &run.bus).await;
         }
         if outcome.cancelled {
             return Ok(RunStatus::Cancelled);

@@ -146,15 +146,31 @@ async fn finish_with(
     Ok(outcome)
 }
 
-/// Undoes completed steps, last completed first. Best effort: an undo that
-/// fails is recorded and the others still run.
-pub(crate) async fn compensate(
-    plan: &Plan,
-    completed_order: &[usize],
-    base_ctx: &StepContext,
-    bus: &Arc<Bus>,
-) {
-    for &i in completed_order.iter().rev() {
+/// Steps in the order the journal recorded their success (earlier
+/// segments of a resumed run included): the order compensation reverses.
+fn completion_order(plan: &Plan, bus: &Bus) -> Vec<usize> {
+    let index = plan.step_index();
+    let mut order: Vec<usize> = Vec::new();
+    for r in bus.records() {
+        if let Event::StepFinished {
+            step,
+            outcome: Outcome::Succeeded,
+            ..
+        } = &r.event
+        {
+            if let Some(&i) = index.get(step.as_str()) {
+                order.retain(|&j| j != i);
+                order.push(i);
+            }
+        }
+    }
+    order
+}
+
+/// Undoes completed steps, last completed (as journaled) first. Best effort:
+/// an undo that fails is recorded and the others still run.
+pub(crate) async fn compensate(plan: &Plan, base_ctx: &StepContext, bus: &Arc<Bus>) {
+    for i in completion_order(plan, bus).into_iter().rev() {
         let s = &plan.steps[i];
         if !s.step.can_undo() {
             continue;
