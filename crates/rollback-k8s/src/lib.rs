@@ -5,6 +5,7 @@ pub mod event;
 pub mod history;
 pub mod lease;
 pub mod objects;
+pub mod permission;
 pub mod resource;
 pub mod rollout;
 pub mod selector;

@@ -857,6 +857,9 @@ pub async fn wait_deployment(
                 },
                 Ok(None) => return Err(StepError::retryable(format!("the watch on deployment/{name} ended"))),
                 Err(e) => {
+                    if let Some(why) = crate::permission::watch_forbidden(&e) {
+                        return Err(StepError::fatal(format!("watching deployment/{name}: permission denied: {why}")));
+                    }
                     // default_backoff retries transient errors; this one is persistent.
                     return Err(StepError::retryable(format!("watching deployment/{name}: {e}")));
                 }
