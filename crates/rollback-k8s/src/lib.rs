@@ -6,6 +6,7 @@ pub mod history;
 pub mod lease;
 pub mod objects;
 pub mod permission;
+pub mod progress;
 pub mod resource;
 pub mod rollout;
 pub mod selector;
