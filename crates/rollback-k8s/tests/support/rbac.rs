@@ -66,8 +66,15 @@ impl Cluster {
         })
         .await;
         let admin = std::fs::read_to_string(&self.kubeconfig).unwrap();
-        let re = regex::Regex::new(r"(?m)^(\s*token:\s*)\S+$").unwrap();
-        let text = re.replace(&admin, |c: &regex::Captures| format!("{}{token}", &c[1]));
+        // The same kubeconfig with the account's token in place of the admin's.
+        let text: Vec<String> = admin
+            .lines()
+            .map(|line| match line.split_once("token:") {
+                Some((indent, _)) if indent.trim().is_empty() => format!("{indent}token: {token}"),
+                _ => line.to_string(),
+            })
+            .collect();
+        let text = text.join("\n") + "\n";
         let path = self.dir.path().join(format!("{name}.kubeconfig"));
         std::fs::write(&path, text.as_bytes()).unwrap();
         Account {
