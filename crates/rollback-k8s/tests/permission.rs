@@ -196,3 +196,53 @@ async fn a_request_the_account_may_not_make_names_the_verb_resource_and_namespac
         "not reported as missing: {msg}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn endpoints_the_account_may_not_watch_fail_the_switch_naming_the_grant() {
+    let Some(c) = support::cluster("switch-forbidden").await else {
+        return;
+    };
+    for version in ["blue", "green"] {
+        let name = format!("shop-{version}");
+        let labels = [("svc", "shop"), ("version", version)];
+        c.deployment(&name, "shop:v1", 1, &labels, json!({})).await;
+        c.rolled_out(&name).await;
+    }
+    c.service("shop", &[("svc", "shop"), ("version", "green")])
+        .await;
+    // All a switch needs but watching Endpoints.
+    let rules = json!([
+        {"apiGroups": [""], "resources": ["services"], "verbs": ["get", "patch", "update"]},
+        {"apiGroups": [""], "resources": ["pods"], "verbs": ["get", "list", "watch"]},
+        {"apiGroups": [""], "resources": ["endpoints"], "verbs": ["get", "list"]},
+        {"apiGroups": ["events.k8s.io"], "resources": ["events"], "verbs": ["create"]}
+    ]);
+    let account = c.account("runner", rules).await;
+    let switch =
+        rollback_k8s::selector::SwitchSelector::new(rollback_k8s::selector::SwitchSelectorConfig {
+            service: "shop".into(),
+            selector: [("version".to_string(), "blue".to_string())].into(),
+            replace: false,
+            min_ready: 1,
+            timeout: HumanDuration(Duration::from_secs(60)),
+            namespace: Some(c.ns.clone()),
+            context: None,
+            kubeconfig: Some(account.kubeconfig.clone()),
+        })
+        .unwrap();
+    let started = std::time::Instant::now();
+    let err = switch.run(&c.ctx("switch")).await.unwrap_err();
+    let msg = err.message().to_string();
+    assert!(!err.is_retryable(), "a missing grant does not heal: {msg}");
+    assert!(
+        msg.contains(&format!(
+            "may not watch endpoints (the core API group) in namespace {}",
+            c.ns
+        )),
+        "{msg}"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(30),
+        "not waited out"
+    );
+}
