@@ -16,7 +16,8 @@ pub const BUDGET_EXCEEDED: i32 = 4;
 pub const LOCKED: i32 = 5;
 /// A preflight check failed; nothing was changed.
 pub const PREFLIGHT_FAILED: i32 = 6;
-/// The journal or state directory could not be used.
+/// The journal or state directory could not be used, or the account lacks
+/// a permission the engine needs (a plan lock it may not read or write).
 pub const INTERNAL: i32 = 10;
 /// The operator interrupted the run (Ctrl-C); `rollback resume` continues it.
 pub const CANCELLED: i32 = 130;
@@ -31,7 +32,7 @@ Exit codes:
     4    budget exceeded
     5    locked: the plan is being run by someone else
     6    preflight failed: nothing was changed
-   10    internal error (journal, state directory)
+   10    internal error (journal, state directory) or permission denied
   130    cancelled (Ctrl-C); continue with `rollback resume RUN`";
 
 /// The exit code for a finished run.
@@ -63,6 +64,25 @@ pub fn for_error(error: &Error) -> i32 {
         | Error::RunNotFound { .. }
         | Error::NotResumable { .. } => INVALID_INPUT,
         Error::Locked { .. } => LOCKED,
+        Error::Permission { .. } => INTERNAL,
         _ => INTERNAL,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_permission_error_is_exit_10_not_locked() {
+        let error = Error::Permission {
+            what: "taking the lock of plan `orders` (Lease rollback-plan-orders in namespace ops)"
+                .into(),
+            message: "the account may not get leases".into(),
+        };
+        assert_eq!(for_error(&error), INTERNAL);
+        assert!(
+            TABLE.contains("10    internal error (journal, state directory) or permission denied")
+        );
     }
 }

@@ -118,6 +118,16 @@ pub enum Error {
         /// Why not.
         reason: String,
     },
+    /// The account the engine runs as may not do something it needs (an
+    /// API answered 403 Forbidden).
+    #[error("permission denied: {what}: {message}")]
+    Permission {
+        /// What was being done, e.g. `taking the plan lock (Lease rollback-plan-orders in namespace ops)`.
+        what: String,
+        /// Which verb on which resource in which namespace is missing, and
+        /// the rule that grants it.
+        message: String,
+    },
     /// A value given on the command line or through the API is wrong.
     #[error("{message}")]
     InvalidInput {

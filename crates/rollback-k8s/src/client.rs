@@ -219,8 +219,14 @@ pub fn api_error(what: &str, e: kube::Error) -> StepError {
             let msg = format!("{what}: {} ({code} {})", status.message, status.reason);
             match code {
                 404 => StepError::fatal(format!("{msg}: check the name and namespace")),
-                401 | 403 => StepError::fatal(format!(
-                    "{msg}: the credentials lack permission; see examples/k8s/rbac.yaml for the Role"
+                401 => StepError::fatal(format!(
+                    "{what}: the API server did not accept the credentials (401 Unauthorized): renew the \
+                     token or certificate in the kubeconfig"
+                )),
+                // Not retryable, and not a missing object: the account lacks a grant.
+                403 => StepError::fatal(format!(
+                    "{what}: permission denied: {}",
+                    crate::permission::explain_status(status)
                 )),
                 409 | 429 | 500..=599 => StepError::retryable(msg),
                 _ => StepError::fatal(msg),

@@ -12,6 +12,11 @@ use rollback_core::error::{Error, LockHolder};
 use rollback_core::{PlanLockGuard, PlanLocker};
 
 use crate::client::{is_conflict, Conn};
+use crate::permission::{explain_status, is_forbidden, Forbidden};
+
+/// The verbs on leases a lock needs: read the holder, take a free plan,
+/// renew and release.
+const LEASE_VERBS: [&str; 3] = ["get", "create", "update"];
 
 /// Locks plans with one Lease per plan (`rollback-plan-NAME`) in a namespace.
 #[derive(Clone)]
@@ -90,6 +95,67 @@ fn holder_of(l: &Lease) -> LockHolder {
     })
 }
 
+/// What a lock attempt is, for error messages.
+fn taking(plan: &str, name: &str, namespace: &str) -> String {
+    format!("taking the lock of plan `{plan}` (Lease {name} in namespace {namespace})")
+}
+
+/// The lease verbs the account may not use in the namespace, asked of the
+/// API server (SelfSubjectAccessReview, which every authenticated account may
+/// create). Checked before taking the lock: an account that may create a
+/// Lease but not update it would hold the lock without renewing it, and the
+/// lock would expire under a running plan. `None` when the review itself
+/// cannot be made: the lock's own requests then tell.
+async fn missing_lease_verbs(conn: &Conn) -> Option<Vec<&'static str>> {
+    use k8s_openapi::api::authorization::v1::{
+        ResourceAttributes, SelfSubjectAccessReview, SelfSubjectAccessReviewSpec,
+    };
+    let api: Api<SelfSubjectAccessReview> = Api::all(conn.client.clone());
+    let reviews = LEASE_VERBS.map(|verb| {
+        let review = SelfSubjectAccessReview {
+            spec: SelfSubjectAccessReviewSpec {
+                resource_attributes: Some(ResourceAttributes {
+                    group: Some("coordination.k8s.io".into()),
+                    resource: Some("leases".into()),
+                    namespace: Some(conn.namespace.clone()),
+                    verb: Some(verb.into()),
+                    ..ResourceAttributes::default()
+                }),
+                ..SelfSubjectAccessReviewSpec::default()
+            },
+            ..SelfSubjectAccessReview::default()
+        };
+        let api = api.clone();
+        async move {
+            let answer = api.create(&PostParams::default(), &review).await.ok()?;
+            Some((verb, answer.status.is_some_and(|s| s.allowed)))
+        }
+    });
+    let answers = futures::future::join_all(reviews).await;
+    let answers: Option<Vec<_>> = answers.into_iter().collect();
+    Some(
+        answers?
+            .into_iter()
+            .filter(|(_, allowed)| !allowed)
+            .map(|(verb, _)| verb)
+            .collect(),
+    )
+}
+
+fn missing_verbs_error(what: String, namespace: &str, verbs: &[&str]) -> Error {
+    let f = Forbidden {
+        user: "the account".into(),
+        verbs: verbs.iter().map(|v| v.to_string()).collect(),
+        resource: "leases".into(),
+        group: "coordination.k8s.io".into(),
+        namespace: Some(namespace.to_string()),
+    };
+    Error::Permission {
+        what,
+        message: f.explain(),
+    }
+}
+
 fn locked(plan: &str, holder: LockHolder) -> Error {
     Error::Locked {
         plan: plan.to_string(),
@@ -152,6 +218,31 @@ impl Drop for LeaseGuard {
     }
 }
 
+/// Renews the Lease every `every` while it is still held by `identity`.
+fn spawn_renewal(
+    api: Api<Lease>,
+    name: String,
+    identity: String,
+    every: Duration,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        loop {
+            tokio::time::sleep(every).await;
+            let Ok(mut l) = api.get(&name).await else {
+                continue;
+            };
+            if l.spec.as_ref().and_then(|s| s.holder_identity.as_deref()) != Some(identity.as_str())
+            {
+                return;
+            }
+            if let Some(spec) = l.spec.as_mut() {
+                spec.renew_time = Some(now());
+            }
+            let _ = api.replace(&name, &PostParams::default(), &l).await;
+        }
+    })
+}
+
 #[async_trait]
 impl PlanLocker for LeaseLocker {
     async fn lock(
@@ -170,12 +261,28 @@ impl PlanLocker for LeaseLocker {
             renew_time: Some(now()),
             ..LeaseSpec::default()
         };
+        let what = taking(plan, &name, &self.conn.namespace);
+        if let Some(missing) = missing_lease_verbs(&self.conn).await {
+            if !missing.is_empty() {
+                return Err(missing_verbs_error(what, &self.conn.namespace, &missing));
+            }
+        }
         let unavailable = |e: kube::Error| {
+            if let (true, kube::Error::Api(status)) = (is_forbidden(&e), &e) {
+                return Error::Permission {
+                    what: what.clone(),
+                    message: explain_status(status),
+                };
+            }
+            let cause = match &e {
+                kube::Error::Api(s) => format!("{} ({} {})", s.message, s.code, s.reason),
+                other => other.to_string(),
+            };
             locked(
                 plan,
                 LockHolder {
                     operator: format!(
-                        "(unknown: the Lease {name} could not be read or written: {e})"
+                        "(unknown: the Lease {name} could not be read or written: {cause})"
                     ),
                     host: "?".into(),
                     pid: 0,
@@ -226,27 +333,7 @@ impl PlanLocker for LeaseLocker {
                 }
             }
         }
-        let (renew_api, renew_name, renew_id) = (api.clone(), name.clone(), id.clone());
-        let every = self.duration / 3;
-        let renew = tokio::spawn(async move {
-            loop {
-                tokio::time::sleep(every).await;
-                let Ok(mut l) = renew_api.get(&renew_name).await else {
-                    continue;
-                };
-                if l.spec.as_ref().and_then(|s| s.holder_identity.as_deref())
-                    != Some(renew_id.as_str())
-                {
-                    return;
-                }
-                if let Some(spec) = l.spec.as_mut() {
-                    spec.renew_time = Some(now());
-                }
-                let _ = renew_api
-                    .replace(&renew_name, &PostParams::default(), &l)
-                    .await;
-            }
-        });
+        let renew = spawn_renewal(api.clone(), name.clone(), id.clone(), self.duration / 3);
         Ok(Box::new(LeaseGuard {
             renew,
             api,

@@ -5,6 +5,8 @@ pub mod event;
 pub mod history;
 pub mod lease;
 pub mod objects;
+pub mod permission;
+pub mod progress;
 pub mod resource;
 pub mod rollout;
 pub mod selector;
@@ -48,6 +50,11 @@ pub fn register(registry: &mut Registry) {
             snapshot::Snapshot::new,
         )
         .step("k8s.restore", "put back the objects of a k8s.snapshot exactly", snapshot::Restore::new)
+        .step(
+            "k8s.snapshot_cleanup",
+            "delete the Secret in which a k8s.snapshot kept the captured Secrets, once restored",
+            snapshot::SnapshotCleanup::new,
+        )
         .verifier("k8s.available", "a Deployment finished rolling out and is available", verify::Available::new)
         .verifier("k8s.endpoints", "a Service has ready endpoints", verify::EndpointsReady::new)
         .verifier("k8s.pods_ready", "pods under a label selector are ready", verify::PodsReady::new)
@@ -67,7 +74,7 @@ mod tests {
         let mut r = Registry::empty();
         register(&mut r);
         let steps: Vec<&str> = r.step_kinds().into_iter().map(|(k, _)| k).collect();
-        assert_eq!(steps.len(), 12, "{steps:?}");
+        assert_eq!(steps.len(), 13, "{steps:?}");
         assert_eq!(r.verifier_kinds().len(), 4);
     }
 }

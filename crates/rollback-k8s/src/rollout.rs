@@ -137,7 +137,7 @@ pub async fn owned_replicasets(
 }
 
 /// A pod template as JSON with the `pod-template-hash` label removed.
-fn template_without_hash(template: &Value) -> Value {
+pub(crate) fn template_without_hash(template: &Value) -> Value {
     let mut t = template.clone();
     if let Some(labels) = t
         .pointer_mut("/metadata/labels")
@@ -691,84 +691,25 @@ pub enum RolloutState {
     Failed(String),
 }
 
-/// The `lastUpdateTime` of a Deployment's `ProgressDeadlineExceeded` condition.
-pub fn deadline_exceeded_at(d: &Deployment) -> Option<String> {
-    d.status
-        .as_ref()?
-        .conditions
-        .iter()
-        .flatten()
-        .find(|c| {
-            c.type_.as_deref() == Some("Progressing")
-                && c.reason.as_deref() == Some("ProgressDeadlineExceeded")
-        })
-        .map(|c| serde_json::to_string(&c.last_update_time).unwrap_or_default())
-}
-
-/// Whether the Deployment's `ProgressDeadlineExceeded` condition was last
-/// updated no later than its spec last changed (`managedFields`): it is then
-/// about an earlier rollout. After an undo of a rollout that ran out of time,
-/// the controller records the new generation but keeps that condition (same
-/// reason, so it is not rewritten) until the revived ReplicaSet makes
-/// progress; kubectl's `rollout status` fails on it at once.
-pub fn deadline_predates_spec(d: &Deployment) -> bool {
-    let Some(condition_at) = d
-        .status
-        .as_ref()
-        .and_then(|s| s.conditions.as_ref())
-        .and_then(|cs| {
-            cs.iter().find(|c| {
-                c.type_.as_deref() == Some("Progressing")
-                    && c.reason.as_deref() == Some("ProgressDeadlineExceeded")
-            })
-        })
-        .and_then(|c| c.last_update_time.as_ref())
-    else {
-        return false;
-    };
-    let spec_changed_at = d
-        .metadata
-        .managed_fields
-        .iter()
-        .flatten()
-        .filter(|m| m.subresource.as_deref().unwrap_or("").is_empty())
-        .filter(|m| {
-            m.fields_v1
-                .as_ref()
-                .is_some_and(|f| f.0.get("f:spec").is_some())
-        })
-        .filter_map(|m| m.time.as_ref())
-        .map(|t| t.0)
-        .max();
-    spec_changed_at.is_some_and(|spec| condition_at.0 <= spec)
-}
-
 /// kubectl's `DeploymentStatusViewer.Status`.
 pub fn rollout_state(d: &Deployment) -> RolloutState {
-    rollout_state_since(d, None)
+    rollout_state_with(d, false)
 }
 
 /// [`rollout_state`], except that a `ProgressDeadlineExceeded` condition
-/// last updated at `stale` (left over from a failed rollout that a rollback
-/// has since replaced) does not fail the new rollout: the controller keeps
-/// that condition until the new ReplicaSet makes progress.
-pub fn rollout_state_since(d: &Deployment, stale: Option<&str>) -> RolloutState {
+/// known to be left over from a rollout that a rollback has since replaced
+/// ([`crate::progress::deadline_is_leftover`]) does not fail the new rollout:
+/// the controller keeps that condition until the revived ReplicaSet makes
+/// progress.
+pub fn rollout_state_with(d: &Deployment, deadline_leftover: bool) -> RolloutState {
     let name = d.metadata.name.clone().unwrap_or_default();
     let generation = d.metadata.generation.unwrap_or(0);
     let status = d.status.clone().unwrap_or_default();
     if generation > status.observed_generation.unwrap_or(0) {
         return RolloutState::Waiting("waiting for deployment spec update to be observed".into());
     }
-    if let Some(c) = status
-        .conditions
-        .iter()
-        .flatten()
-        .find(|c| c.type_.as_deref() == Some("Progressing"))
-    {
-        if c.reason.as_deref() == Some("ProgressDeadlineExceeded")
-            && stale
-                .is_none_or(|t| serde_json::to_string(&c.last_update_time).unwrap_or_default() != t)
-        {
+    if let Some(c) = crate::progress::deadline_condition(d) {
+        if !deadline_leftover {
             return RolloutState::Failed(format!(
                 "deployment/{name} exceeded its progress deadline (ProgressDeadlineExceeded): {}",
                 c.message.clone().unwrap_or_default()
@@ -820,10 +761,6 @@ pub async fn wait_deployment(
         "deployment/{name} not seen yet (does it exist in {}?)",
         conn.namespace
     );
-    // A deadline condition already there when we start counts only if it is
-    // about the current spec (a stuck rollout, as kubectl reports it); one
-    // from before the spec's last change (an undo) is a leftover.
-    let mut stale: Option<Option<String>> = None;
     loop {
         tokio::select! {
             _ = &mut sleep => {
@@ -836,14 +773,9 @@ pub async fn wait_deployment(
                 return Err(StepError::interrupted(format!("cancelled while waiting for deployment/{name}: {last}")));
             }
             item = stream.try_next() => match item {
-                Ok(Some(d)) => match rollout_state_since(&d, stale
-                    .get_or_insert_with(|| {
-                        let observed = d.status.as_ref().and_then(|s| s.observed_generation).unwrap_or(0);
-                        let leftover = d.metadata.generation.unwrap_or(0) > observed || deadline_predates_spec(&d);
-                        if leftover { deadline_exceeded_at(&d) } else { None }
-                    })
-                    .as_deref())
-                {
+                // A deadline condition counts only if it names the ReplicaSet
+                // of the current template: one left from before an undo does not.
+                Ok(Some(d)) => match rollout_state_with(&d, crate::progress::deadline_is_leftover(conn, &d).await?) {
                     RolloutState::Complete(_) => return Ok(d),
                     RolloutState::Failed(msg) => return Err(StepError::fatal(format!(
                         "{msg}; see `kubectl describe deployment/{name}` and its pods, then roll back"
@@ -857,6 +789,9 @@ pub async fn wait_deployment(
                 },
                 Ok(None) => return Err(StepError::retryable(format!("the watch on deployment/{name} ended"))),
                 Err(e) => {
+                    if let Some(why) = crate::permission::watch_forbidden(&e) {
+                        return Err(StepError::fatal(format!("watching deployment/{name}: permission denied: {why}")));
+                    }
                     // default_backoff retries transient errors; this one is persistent.
                     return Err(StepError::retryable(format!("watching deployment/{name}: {e}")));
                 }
@@ -957,42 +892,27 @@ pub fn container_names(d: &Deployment) -> BTreeSet<String> {
 mod tests {
     use super::*;
 
-    fn timed_out(condition_at: &str, spec_at: &str) -> Deployment {
-        serde_json::from_value(json!({
-            "metadata": {"name": "web", "generation": 3, "managedFields": [
-                {"manager": "rollback", "operation": "Update", "time": spec_at,
-                 "fieldsType": "FieldsV1", "fieldsV1": {"f:spec": {"f:template": {}}}},
-                // The controller's status writes do not count as spec changes.
-                {"manager": "kube-controller-manager", "operation": "Update", "time": "2026-12-01T10:09:00Z",
-                 "subresource": "status", "fieldsType": "FieldsV1", "fieldsV1": {"f:status": {}}}
-            ]},
-            "spec": {"selector": {}, "template": {}},
-            "status": {"observedGeneration": 3, "conditions": [
-                {"type": "Progressing", "status": "False", "reason": "ProgressDeadlineExceeded",
-                 "lastUpdateTime": condition_at, "message": "ReplicaSet \"web-1\" has timed out progressing."}
-            ]}
+    #[test]
+    fn a_leftover_deadline_does_not_fail_the_rollout_a_current_one_does() {
+        let d: Deployment = serde_json::from_value(json!({
+            "metadata": {"name": "web", "generation": 3},
+            "spec": {"replicas": 2, "selector": {}, "template": {}},
+            "status": {"observedGeneration": 3, "replicas": 4, "updatedReplicas": 2, "availableReplicas": 2,
+                       "conditions": [{"type": "Progressing", "status": "False",
+                                       "reason": "ProgressDeadlineExceeded",
+                                       "message": "ReplicaSet \"web-bad\" has timed out progressing."}]}
         }))
-        .unwrap()
+        .unwrap();
+        assert!(matches!(
+            rollout_state_with(&d, true),
+            RolloutState::Waiting(m) if m.contains("2 old replicas")
+        ));
+        assert!(matches!(
+            rollout_state_with(&d, false),
+            RolloutState::Failed(m) if m.contains("web-bad")
+        ));
     }
 
-    #[test]
-    fn a_deadline_from_before_the_last_spec_change_is_a_leftover() {
-        // Undone at 10:05 after the rollout timed out at 10:02: leftover.
-        let undone = timed_out("2026-12-01T10:02:00Z", "2026-12-01T10:05:00Z");
-        assert!(deadline_predates_spec(&undone));
-        let stale = deadline_exceeded_at(&undone);
-        assert!(matches!(
-            rollout_state_since(&undone, stale.as_deref()),
-            RolloutState::Waiting(_)
-        ));
-        // Stuck since the last change: fails at once, as kubectl does.
-        let stuck = timed_out("2026-12-01T10:08:00Z", "2026-12-01T10:05:00Z");
-        assert!(!deadline_predates_spec(&stuck));
-        assert!(matches!(
-            rollout_state_since(&stuck, None),
-            RolloutState::Failed(_)
-        ));
-    }
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelectorRequirement;
 
     #[test]

@@ -290,6 +290,8 @@ pub fn ready_addresses(ep: &Endpoints) -> BTreeSet<String> {
 /// connection and initial list are off the critical path; aborted on drop.
 struct EndpointsWatch {
     rx: tokio::sync::watch::Receiver<Option<Endpoints>>,
+    /// Why the watch stopped, when the account may not watch Endpoints.
+    forbidden: std::sync::Arc<std::sync::Mutex<Option<String>>>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -304,12 +306,21 @@ impl EndpointsWatch {
         let api: Api<Endpoints> = Api::namespaced(conn.client.clone(), &conn.namespace);
         let fields = format!("metadata.name={service}");
         let (tx, rx) = tokio::sync::watch::channel(None);
+        let forbidden = std::sync::Arc::new(std::sync::Mutex::new(None));
+        let stop_with = forbidden.clone();
+        let stop = move |why: String| *stop_with.lock().expect("endpoints watch") = Some(why);
         let task = tokio::spawn(async move {
             // One request: a watch from resourceVersion 0 begins with the
             // object as the API server's watch cache holds it, then its
             // changes (a list and then a watch would be two).
             let params = WatchParams::default().fields(&fields);
-            if let Ok(stream) = api.watch(&params, "0").await {
+            let first = api.watch(&params, "0").await;
+            if let Err(kube::Error::Api(status)) = &first {
+                if status.code == 403 {
+                    return stop(crate::permission::explain_status(status));
+                }
+            }
+            if let Ok(stream) = first {
                 futures::pin_mut!(stream);
                 while let Ok(Some(event)) = stream.try_next().await {
                     match event {
@@ -324,6 +335,9 @@ impl EndpointsWatch {
                             }
                         }
                         WatchEvent::Bookmark(_) => {}
+                        WatchEvent::Error(status) if status.code == 403 => {
+                            return stop(crate::permission::explain_status(&status));
+                        }
                         WatchEvent::Error(_) => break,
                     }
                 }
@@ -333,14 +347,29 @@ impl EndpointsWatch {
                 .default_backoff()
                 .applied_objects();
             futures::pin_mut!(stream);
-            // default_backoff retries transient errors; keep the last object.
-            while let Ok(Some(ep)) = stream.try_next().await {
-                if tx.send(Some(ep)).is_err() {
-                    return;
+            // default_backoff retries transient errors (the wait's timeout
+            // bounds them); a refused permission will not heal.
+            loop {
+                match stream.try_next().await {
+                    Ok(Some(ep)) => {
+                        if tx.send(Some(ep)).is_err() {
+                            return;
+                        }
+                    }
+                    Ok(None) => return,
+                    Err(e) => {
+                        if let Some(why) = crate::permission::watch_forbidden(&e) {
+                            return stop(why);
+                        }
+                    }
                 }
             }
         });
-        EndpointsWatch { rx, task }
+        EndpointsWatch {
+            rx,
+            forbidden,
+            task,
+        }
     }
 }
 
@@ -375,6 +404,12 @@ async fn wait_endpoints(
                 "cancelled while waiting for the endpoints of service/{service}"
             ))),
             changed = watch.rx.changed() => if changed.is_err() {
+                if let Some(why) = watch.forbidden.lock().expect("endpoints watch").take() {
+                    return Err(StepError::fatal(format!(
+                        "the selector of service/{service} is switched, but its endpoints cannot be watched: \
+                         permission denied: {why}"
+                    )));
+                }
                 return Err(StepError::retryable(format!("the watch on endpoints/{service} ended")));
             }
         }

@@ -4,7 +4,8 @@ mod support;
 
 use std::time::Duration;
 
-use kube::api::{Patch, PatchParams};
+use k8s_openapi::api::apps::v1::ReplicaSet;
+use kube::api::{Api, Patch, PatchParams};
 use rollback_core::{HumanDuration, Step};
 use rollback_k8s::rollout::{
     plan_undo, revision_of, RolloutUndo, RolloutUndoConfig, WaitRollout, WaitRolloutConfig,
@@ -279,15 +280,34 @@ async fn a_rollout_that_never_becomes_available_fails_at_its_deadline_with_the_r
         "the condition's message: {msg}"
     );
 
-    // Rolling back and waiting again succeeds.
+    // Rolling back and waiting again succeeds: the deadline condition the
+    // controller keeps (it names the timed-out ReplicaSet) is a leftover.
     undo_step(&c, "web", None)
         .run(&c.ctx("undo"))
         .await
         .unwrap();
-    wait_step(&c, "web", Duration::from_secs(60))
+    if let Err(e) = wait_step(&c, "web", Duration::from_secs(60))
         .run(&c.ctx("wait"))
         .await
-        .unwrap();
+    {
+        let rs: Api<ReplicaSet> = Api::namespaced(c.client.clone(), &c.ns);
+        let image = |r: &ReplicaSet| {
+            let pod = r.spec.template.as_ref().and_then(|t| t.spec.as_ref());
+            pod.and_then(|p| p.containers[0].image.clone())
+        };
+        let target = rs
+            .list(&Default::default())
+            .await
+            .unwrap()
+            .items
+            .into_iter()
+            .find(|r| image(r).as_deref() == Some("web:v1"))
+            .and_then(|r| r.metadata.name);
+        panic!(
+            "the wait after the undo failed: {}; the undo went to ReplicaSet {target:?}",
+            e.message()
+        );
+    }
     assert_eq!(c.image("web").await, "web:v1");
 }
 

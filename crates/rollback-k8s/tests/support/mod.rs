@@ -9,6 +9,7 @@
 #![allow(dead_code)]
 
 pub mod kubelet;
+pub mod rbac;
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU32, Ordering};
