@@ -1,7 +1,10 @@
 //! The state directory fails under a run: full (ENOSPC, a small tmpfs) or
-//! read-only (remounted). The run stops before the next step with exit 10
+//! read-only (mounted so). The run stops before the next step with exit 10
 //! and a message naming the journal, nothing is half-done, and once the
-//! directory is usable again `rollback resume` finishes the run.
+//! directory is usable again `rollback resume` finishes the run. (Linux
+//! refuses to remount a file system read-only while a file on it is open
+//! for writing, as the journal is during a run: a read-only state directory
+//! is met when a run or a resume starts.)
 
 mod common;
 
@@ -82,11 +85,13 @@ fn a_full_state_directory_stops_the_run_before_the_next_step_and_resume_finishes
         return;
     };
     // The first step fills the state directory (once: it marks that it did,
-    // outside it).
+    // outside it), then prints more than the journal's last page holds, so
+    // its end record needs space there is not.
     let once = sb.file("filled.marker");
     let filler = sb.state.join("filler");
     let fill = format!(
-        "if [ ! -e {o} ]; then : > {o}; dd if=/dev/zero of={f} bs=4k 2>/dev/null; fi; exit 0",
+        "if [ ! -e {o} ]; then : > {o}; dd if=/dev/zero of={f} bs=4k 2>/dev/null; \
+         head -c 48000 /dev/urandom | base64; fi; exit 0",
         o = qp(&once),
         f = qp(&filler)
     );
@@ -113,34 +118,40 @@ fn a_full_state_directory_stops_the_run_before_the_next_step_and_resume_finishes
 }
 
 #[test]
-fn a_state_directory_turned_read_only_stops_the_run_before_the_next_step() {
+fn a_read_only_state_directory_stops_a_run_and_a_resume_before_any_step() {
     let sb = Sandbox::new();
     let Some(fs) = Tmpfs::mount(&sb.state, "8m") else {
         return;
     };
-    let once = sb.file("remounted.marker");
-    let remount = format!(
-        "if [ ! -e {o} ]; then : > {o}; mount -o remount,ro {s}; fi; exit 0",
-        o = qp(&once),
-        s = qp(&sb.state)
+    // The first step fails once (it marks that it did, outside the state
+    // directory), so the run ends with something left to resume.
+    let once = sb.file("failed-once.marker");
+    let first = format!(
+        "if [ ! -e {o} ]; then : > {o}; exit 1; fi; exit 0",
+        o = qp(&once)
     );
-    let plan = plan(&sb, &remount);
-    let out = sb.run([
-        "run",
-        plan.to_str().unwrap(),
-        "--reason",
-        "disk goes read-only",
-    ]);
+    let plan = plan(&sb, &first);
+    sb.run(["run", plan.to_str().unwrap(), "--reason", "first try"])
+        .expect_code(1);
+    let run_id = run_id_in(&sb.state);
+    let before = sb.journal(&run_id);
+
+    fs.remount("ro");
+    let out = sb.run(["resume", &run_id]);
     out.expect_code(10);
     assert!(
-        out.stderr.contains("Read-only file system") && out.stderr.contains("journal.jsonl"),
+        out.stderr.contains("Read-only file system")
+            && out.stderr.contains(&sb.state.display().to_string()),
         "{}",
         out.stderr
     );
-    assert!(!sb.file("after.marker").exists());
+    assert!(!sb.file("after.marker").exists(), "no step ran");
+    let plan_again = sb.run(["run", plan.to_str().unwrap(), "--reason", "again"]);
+    plan_again.expect_code(10);
+    assert!(!sb.file("after.marker").exists(), "no step ran");
 
     fs.remount("rw");
-    let run_id = run_id_in(&sb.state);
+    assert_eq!(sb.journal(&run_id), before, "the journal was not touched");
     sb.run(["resume", &run_id]).expect_code(0);
     assert!(sb.file("after.marker").exists());
 }
