@@ -37,5 +37,6 @@ pub use registry::{ConfigError, Registry};
 pub use report::{ApprovalRecord, CheckReport, ProgramReport, RunReport, StepReport};
 pub use state::{StateEntry, StateStore};
 pub use step::{
-    Measurement, Notifier, OutputNames, Outputs, Preview, Step, StepContext, StepError, Verifier,
+    ErrorKind, Measurement, Notifier, OutputNames, Outputs, Preview, Step, StepContext, StepError,
+    Verifier,
 };

@@ -14,7 +14,7 @@ use super::{one_of, OUTPUT_CAP};
 use crate::duration::{millis, HumanDuration};
 use crate::registry::ConfigError;
 use crate::step::{
-    Measurement, OutputNames, Outputs, Preview, Step, StepContext, StepError, Verifier,
+    ErrorKind, Measurement, OutputNames, Outputs, Preview, Step, StepContext, StepError, Verifier,
 };
 
 fn default_method() -> String {
@@ -46,8 +46,8 @@ pub struct HttpConfig {
     #[serde(default)]
     pub json: Option<serde_json::Value>,
     /// Statuses that count as success; any 2xx when empty. Connection errors,
-    /// 429 and 5xx are retried (per the step's `retries`), other statuses fail
-    /// the step.
+    /// 408, 409, 429 and 5xx (but 501) are retried (per the step's `retries`),
+    /// other statuses fail the step.
     #[serde(default)]
     pub expect_status: Vec<u16>,
     /// A request that reverses this one, sent by undo; it must answer 2xx.
@@ -263,33 +263,23 @@ impl Exchange {
 
 /// The error of a request that got no complete response.
 fn send_error(ctx: &StepContext, what: &str, e: reqwest::Error) -> StepError {
+    let builder = e.is_builder();
+    // reqwest's own message rarely says why: the causes do.
+    let chain = StepError::fatal(e.to_string()).with_source(e);
     let message = ctx.redact(&format!(
         "{what} failed: {}: check that the service is up and reachable from here",
-        error_chain(&e)
+        chain.full_message()
     ));
-    if e.is_builder() {
-        StepError::fatal(message).with_source(e)
+    let kind = if builder {
+        ErrorKind::Invalid
     } else {
-        StepError::retryable(message).with_source(e)
-    }
+        ErrorKind::Unavailable
+    };
+    StepError::new(kind, message)
 }
 
-/// An error with its causes, `a: b: c`; reqwest's own message rarely says why.
-fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut text = e.to_string();
-    let mut cause = e.source();
-    while let Some(err) = cause {
-        let part = err.to_string();
-        if !text.contains(&part) {
-            text.push_str(": ");
-            text.push_str(&part);
-        }
-        cause = err.source();
-    }
-    text
-}
-
-/// Checks a step's response status: 429 and 5xx are retryable.
+/// Checks a step's response status: the kind of the error is the status's
+/// (429, 5xx and 409 may succeed on another attempt).
 fn check_status(
     ctx: &StepContext,
     what: &str,
@@ -311,18 +301,19 @@ fn check_status(
         one_of(expect)
     };
     let detail = ctx.redact(&exchange.body_with_note());
-    let err = if status == 429 || status >= 500 {
-        StepError::retryable(ctx.redact(&format!(
-            "{what} answered {status} (expected {expected}): the service is overloaded or failing; it may \
-             succeed on another attempt"
-        )))
-    } else {
-        StepError::fatal(ctx.redact(&format!(
-            "{what} answered {status} (expected {expected}): check the URL, method, headers and body against \
-             the response below"
-        )))
+    let advice = match ErrorKind::of_status(status) {
+        Some(ErrorKind::Unavailable) => {
+            "the service is overloaded or failing; it may succeed on another attempt"
+        }
+        Some(ErrorKind::Conflict) => {
+            "the target changed under the request; it may succeed on another attempt"
+        }
+        _ => "check the URL, method, headers and body against the response below",
     };
-    Err(err.with_detail(detail))
+    let message = ctx.redact(&format!(
+        "{what} answered {status} (expected {expected}): {advice}"
+    ));
+    Err(StepError::from_status(status, message).with_detail(detail))
 }
 
 /// The `http` step.
