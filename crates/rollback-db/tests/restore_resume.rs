@@ -50,7 +50,7 @@ async fn a_rerun_whose_intent_is_gone_stops_and_says_what_the_server_holds() {
     .unwrap();
     let ctx = ctx("restore", dir.path());
     step.run(&ctx).await.expect("restore");
-    assert_eq!(orders(&admin, &db).await, 100);
+    assert_eq!(orders(&admin, db).await, 100);
     let before = databases_like(&admin, "rr Intent Gone").await;
 
     // The journal recorded the intent; the store lost it.
@@ -69,7 +69,7 @@ async fn a_rerun_whose_intent_is_gone_stops_and_says_what_the_server_holds() {
         assert!(message.contains(needle), "lacks `{needle}`: {message}");
     }
     assert_eq!(databases_like(&admin, "rr Intent Gone").await, before);
-    assert_eq!(orders(&admin, &db).await, 100);
+    assert_eq!(orders(&admin, db).await, 100);
 }
 
 #[tokio::test]
