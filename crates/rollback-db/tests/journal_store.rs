@@ -263,6 +263,7 @@ async fn run_state_lives_in_the_state_table_and_every_runner_of_the_journal_sees
     use rollback_core::StateStore;
     let Some(admin) = admin_url() else { return };
     let db = "js Journal State";
+    let _cleanup = drop_at_end(&admin, &[db]);
     fresh_db(&admin, db).await;
     let url = url_for(&admin, db);
     let (dir_a, dir_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());

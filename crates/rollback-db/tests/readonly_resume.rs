@@ -36,6 +36,8 @@ async fn grants(admin: &str, db: &str) -> Vec<String> {
 async fn on_resumed_by_another_runner_keeps_the_first_record_and_off_restores_exactly() {
     let Some(admin) = admin_url() else { return };
     let db = "ror Resume Elsewhere";
+    let journal_db = "rorj Journal Of Runners";
+    let _cleanup = drop_at_end(&admin, &[db, journal_db]);
     fresh_db(&admin, db).await;
     ensure_role(&admin, OWNER, "LOGIN PASSWORD 'owner pw'").await;
     ensure_role(&admin, APP, "LOGIN PASSWORD 'app pw'").await;
@@ -82,7 +84,6 @@ async fn on_resumed_by_another_runner_keeps_the_first_record_and_off_restores_ex
     let mut registry = Registry::with_core_kinds();
     rollback_db::register(&mut registry);
     let plan = Plan::from_yaml(&yaml, "plan.yaml", &registry, &BTreeMap::new()).expect("plan");
-    let journal_db = "rorj Journal Of Runners";
     fresh_db(&admin, journal_db).await;
     let journal = url_for(&admin, journal_db);
     let (dir_a, dir_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());

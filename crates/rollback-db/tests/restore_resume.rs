@@ -40,6 +40,7 @@ async fn orders(admin: &str, db: &str) -> i64 {
 async fn a_rerun_whose_intent_is_gone_stops_and_says_what_the_server_holds() {
     let Some(admin) = admin_url() else { return };
     let db = "rr Intent Gone";
+    let _cleanup = drop_at_end(&admin, &[db]);
     seeded(&admin, db).await;
     let dir = tempfile::tempdir().unwrap();
     let clean = clean_backup(&admin, db, dir.path()).await;
@@ -76,6 +77,7 @@ async fn a_rerun_whose_intent_is_gone_stops_and_says_what_the_server_holds() {
 async fn a_backup_that_changed_since_its_step_took_it_is_refused_before_anything_changes() {
     let Some(admin) = admin_url() else { return };
     let db = "rk Changed Backup";
+    let _cleanup = drop_at_end(&admin, &[db]);
     seeded(&admin, db).await;
     let backups = tempfile::tempdir().unwrap();
     std::env::set_var("RK_DB_URL", url_for(&admin, db));
