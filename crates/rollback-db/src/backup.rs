@@ -11,11 +11,11 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
 use std::str::FromStr;
 use std::time::{Duration, SystemTime};
 
 use async_trait::async_trait;
+use rollback_core::process::OnResume;
 use rollback_core::{ConfigError, OutputNames, Outputs, Preview, Step, StepContext, StepError};
 use schemars::JsonSchema;
 use serde::Deserialize;
@@ -25,10 +25,13 @@ use sqlx::postgres::{PgConnectOptions, PgConnection};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteConnection};
 use sqlx::{ConnectOptions, Connection, Row};
 
+use crate::backup_location::this_host;
+pub(crate) use crate::pg_tools::PgTools;
+
 /// The names of `db.backup`'s outputs (agreed with `db.migrate_down`, whose
 /// data-loss guard reads them).
 pub const BACKUP_OUTPUTS: &[&str] = &[
-    "path", "size", "sha256", "verified", "database", "format", "taken_at", "server",
+    "path", "host", "size", "sha256", "verified", "database", "format", "taken_at", "server",
 ];
 
 /// How a PostgreSQL backup is written.
@@ -62,8 +65,10 @@ pub struct BackupConfig {
     /// PostgreSQL only: `custom` (one file, the default) or `directory`.
     #[serde(default)]
     pub format: Option<BackupFormat>,
-    /// Folder to write the backup into; the step's folder in the run's
-    /// artifacts (state directory) when absent.
+    /// Folder to write the backup into: a folder every runner that may
+    /// resume the run can read (shared storage). The step's folder in the
+    /// run's artifacts (this runner's state directory) when absent: then
+    /// only this runner can use the backup.
     #[serde(default)]
     pub dir: Option<String>,
     /// PostgreSQL `directory` format only: tables dumped in parallel (`pg_dump -j`).
@@ -165,10 +170,11 @@ impl Backup {
             file_safe(ctx.run_id()),
             file_safe(ctx.step_id())
         ));
+        let env = pg.child_env(None);
         // A finished backup from an earlier attempt of this run is reused when it
         // still verifies; anything else at that path is replaced.
         if exists(&path).await {
-            if tools.list(ctx, pg, &path).await.is_ok() {
+            if tools.list(ctx, &env, &path).await.is_ok() {
                 ctx.progress("reusing the verified backup of an earlier attempt");
                 return describe_backup(&path, &database, format.as_str(), pg.server(), true).await;
             }
@@ -195,12 +201,15 @@ impl Backup {
             args.push(format!("--compress={level}"));
         }
         ctx.progress(&format!("pg_dump of `{database}` ({})", format.as_str()));
-        let dumped = run_tool(ctx, &tools.program("pg_dump"), &args, &pg.child_env(None)).await;
-        if let Err(e) = dumped {
+        // A resume ends a pg_dump its dead runner left: this step then
+        // removes the partial file and dumps again, and a survivor would
+        // still be writing that same file.
+        let pg_dump = tools.command("pg_dump", &args, &env, OnResume::End);
+        if let Err(e) = tools.run(ctx, pg_dump).await {
             let _ = remove_path(&partial).await;
             return Err(e);
         }
-        if let Err(e) = tools.list(ctx, pg, &partial).await {
+        if let Err(e) = tools.list(ctx, &env, &partial).await {
             let _ = remove_path(&partial).await;
             return Err(e);
         }
@@ -498,110 +507,6 @@ pub(crate) fn conninfo_dbname(database: &str) -> String {
     format!("dbname='{escaped}'")
 }
 
-/// Where the PostgreSQL client tools are.
-#[derive(Debug, Clone)]
-pub(crate) struct PgTools {
-    bin_dir: Option<PathBuf>,
-}
-
-impl PgTools {
-    pub(crate) fn new(bin_dir: Option<String>) -> Self {
-        PgTools {
-            bin_dir: bin_dir.filter(|d| !d.is_empty()).map(PathBuf::from),
-        }
-    }
-
-    pub(crate) fn program(&self, name: &str) -> PathBuf {
-        match &self.bin_dir {
-            Some(d) => d.join(name),
-            None => PathBuf::from(name),
-        }
-    }
-
-    /// `pg_restore --list`: the archive is readable and holds entries.
-    pub(crate) async fn list(
-        &self,
-        ctx: &StepContext,
-        pg: &PgTarget,
-        path: &Path,
-    ) -> Result<usize, StepError> {
-        let out = run_tool(
-            ctx,
-            &self.program("pg_restore"),
-            &["--list".to_string(), path.to_string_lossy().into_owned()],
-            &pg.child_env(None),
-        )
-        .await?;
-        let entries = archive_entries(&out);
-        if entries == 0 {
-            return Err(StepError::fatal(format!(
-                "backup {} holds no entries (pg_restore --list is empty): it cannot restore anything",
-                path.display()
-            )));
-        }
-        Ok(entries)
-    }
-}
-
-/// How many entries a `pg_restore --list` listing names (comments aside).
-pub(crate) fn archive_entries(listing: &str) -> usize {
-    listing
-        .lines()
-        .filter(|l| !l.trim().is_empty() && !l.starts_with(';'))
-        .count()
-}
-
-/// Runs a client tool (argv, no shell) with `env` added; returns its stdout.
-/// Killed when the run is cancelled or the step times out.
-pub(crate) async fn run_tool(
-    ctx: &StepContext,
-    program: &Path,
-    args: &[String],
-    env: &BTreeMap<String, String>,
-) -> Result<String, StepError> {
-    let name = program
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let mut cmd = tokio::process::Command::new(program);
-    cmd.args(args)
-        .envs(env)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true);
-    let child = cmd.spawn().map_err(|e| {
-        let hint = if e.kind() == std::io::ErrorKind::NotFound {
-            ": install the PostgreSQL client (apt-get install postgresql-client) or set `pg_bin_dir`"
-        } else {
-            ""
-        };
-        StepError::fatal(format!("cannot start `{}`{hint}", program.display())).with_source(e)
-    })?;
-    let output = tokio::select! {
-        out = child.wait_with_output() => out.map_err(|e| StepError::fatal(format!("`{name}` failed")).with_source(e))?,
-        _ = ctx.cancellation().cancelled() => return Err(StepError::interrupted(format!("`{name}` stopped: the run was cancelled"))),
-    };
-    if !output.status.success() {
-        let stderr = String::from_utf8_lossy(&output.stderr);
-        let tail: Vec<&str> = stderr.lines().rev().take(20).collect();
-        let tail: Vec<&str> = tail.into_iter().rev().collect();
-        let first = tail
-            .iter()
-            .find(|l| l.contains("error"))
-            .or(tail.first())
-            .copied()
-            .unwrap_or("");
-        return Err(StepError::fatal(ctx.redact(&format!(
-            "`{name}` exited with {}: {}",
-            output.status.code().map(|c| c.to_string()).unwrap_or_else(|| "a signal".into()),
-            first.trim()
-        )))
-        .with_detail(ctx.redact(&tail.join("\n"))));
-    }
-    Ok(String::from_utf8_lossy(&output.stdout).into_owned())
-}
-
 /// Opens a SQLite file.
 pub(crate) async fn sqlite_connect(
     path: &Path,
@@ -672,6 +577,8 @@ async fn describe_backup(
         })?;
     let mut out = Outputs::new();
     out.insert("path".into(), json!(path.to_string_lossy()));
+    // Another runner resuming the run needs to know where to look.
+    out.insert("host".into(), json!(this_host()));
     out.insert("size".into(), json!(size));
     out.insert("sha256".into(), json!(sha256));
     out.insert("verified".into(), json!(verified));

@@ -13,7 +13,8 @@ use rollback_core::{ConfigError, HumanDuration, Measurement, StepContext, StepEr
 use schemars::JsonSchema;
 use serde::Deserialize;
 
-use crate::backup::{archive_entries, run_tool, sqlite_integrity, PgTools};
+use crate::backup::sqlite_integrity;
+use crate::pg_tools::{Listing, PgTools};
 
 /// Configuration of the `db.backup_ready` check.
 #[derive(Debug, Deserialize, JsonSchema)]
@@ -155,24 +156,13 @@ impl Verifier for BackupReady {
                 .map(|tables| format!("{tables} table(s), PRAGMA integrity_check ok")),
             Some(_) => {
                 let tools = PgTools::new(self.config.pg_bin_dir.clone());
-                let listed = run_tool(
-                    ctx,
-                    &tools.program("pg_restore"),
-                    &["--list".to_string(), path.to_string_lossy().into_owned()],
-                    &Default::default(),
-                )
-                .await;
-                match listed {
-                    Ok(list) => {
-                        let entries = archive_entries(&list);
-                        if entries == 0 {
-                            return failed(format!("{name}: pg_restore --list finds no entries"));
-                        }
-                        Ok(format!("{entries} entries (pg_restore --list)"))
+                // Only a pg_restore that cannot be run leaves the backup unmeasured.
+                match tools.list_archive(ctx, &Default::default(), &path).await? {
+                    Listing::Entries(0) => {
+                        return failed(format!("{name}: pg_restore --list finds no entries"))
                     }
-                    // A missing pg_restore leaves the backup unmeasured, not bad.
-                    Err(e) if e.message().starts_with("cannot start") => return Err(e),
-                    Err(e) => Err(e),
+                    Listing::Entries(entries) => Ok(format!("{entries} entries (pg_restore --list)")),
+                    Listing::Unreadable(e) => Err(e),
                 }
             }
             None => {

@@ -1,10 +1,12 @@
 #![doc = include_str!("../README.md")]
 
 pub mod backup;
+pub mod backup_location;
 pub mod backup_ready;
 pub mod connect;
 pub mod journal_store;
 pub mod migrate;
+mod pg_tools;
 pub mod readonly;
 pub mod restore;
 pub mod sql;
@@ -37,8 +39,8 @@ pub fn register(registry: &mut Registry) {
         )
         .step(
             "db.backup",
-            "pg_dump (custom/directory) or SQLite online backup, verified; outputs path, size, sha256, verified, \
-             database, format, taken_at",
+            "pg_dump (custom/directory) or SQLite online backup, verified; outputs path, host, size, sha256, \
+             verified, database, format, taken_at",
             backup::Backup::new,
         )
         .step(

@@ -15,10 +15,13 @@
 //!    nothing is changed and the step fails naming where the write comes from;
 //! 3. ends the role's sessions on the database (open transactions included);
 //! 4. records exactly what it changed (the setting's previous value, each
-//!    privilege revoked and whether it was grantable) in its outputs and in
-//!    `read_only-state.json` in the step's artifact folder, and reports what
-//!    it does not stop (`not_stopped`: SECURITY DEFINER functions, default
-//!    privileges for tables created later, CREATE).
+//!    privilege revoked and whether it was grantable) in the journal store
+//!    (before the commit, so every runner of a shared journal finds it: a
+//!    re-run keeps the first attempt's record), in its outputs, and as a copy
+//!    in `read_only-state.json` in the step's artifact folder (for
+//!    `state_file:`); and reports what it does not stop (`not_stopped`:
+//!    SECURITY DEFINER functions, default privileges for tables created
+//!    later, CREATE).
 //!
 //! `off` (or undoing `on`) puts back exactly that: the previous setting (or
 //! none) and each revoked privilege, nothing else.
@@ -212,6 +215,45 @@ async fn current_setting(
         s.strip_prefix("default_transaction_read_only=")
             .map(str::to_string)
     }))
+}
+
+/// The name of `on`'s record in the journal store (and of its copy in the
+/// step's artifact folder).
+const STATE_NAME: &str = "read_only-state.json";
+
+/// Keeps the record of what `on` changed: in the journal store, which every
+/// runner of the run reads, then a copy in the artifact folder.
+async fn keep_state(
+    ctx: &StepContext,
+    path: &std::path::Path,
+    state: &ReadOnlyState,
+) -> Result<(), StepError> {
+    let bytes = serde_json::to_vec_pretty(state).expect("state serializes");
+    ctx.save_state(STATE_NAME, bytes).await?;
+    write_state(path, state).await
+}
+
+/// The record an earlier attempt of this step kept: from the journal store,
+/// else (a record written before the journal store kept it) from the
+/// artifact folder of this runner.
+async fn earlier_state(
+    ctx: &StepContext,
+    path: &std::path::Path,
+) -> Result<Option<ReadOnlyState>, StepError> {
+    if let Some(bytes) = ctx.load_state(STATE_NAME).await? {
+        return serde_json::from_slice(&bytes).map(Some).map_err(|e| {
+            StepError::fatal(format!(
+                "the record of what step `{}` revoked cannot be read ({e}): check the role's privileges, then \
+                 resume with `--fresh {}`",
+                ctx.step_id(),
+                ctx.step_id()
+            ))
+        });
+    }
+    Ok(match tokio::fs::read_to_string(path).await {
+        Ok(text) => serde_json::from_str(&text).ok(),
+        Err(_) => None,
+    })
 }
 
 /// Writes the record of what `on` changed, durably (written whole, then renamed).
@@ -445,13 +487,10 @@ impl ReadOnly {
             .map_err(|e| {
                 StepError::fatal("cannot create the step's artifact folder").with_source(e)
             })?
-            .join("read_only-state.json");
+            .join(STATE_NAME);
         // A re-run after a crash: the first attempt's record is the truth (the
         // privileges are already revoked, so a fresh look would find none).
-        let earlier: Option<ReadOnlyState> = match tokio::fs::read_to_string(&state_path).await {
-            Ok(text) => serde_json::from_str(&text).ok(),
-            Err(_) => None,
-        };
+        let earlier = earlier_state(ctx, &state_path).await?;
         let mut conn = pg.connect(None).await?;
         // A re-run finds the database read-only already; this session writes.
         conn.execute("SET default_transaction_read_only = off")
@@ -475,8 +514,8 @@ impl ReadOnly {
                 return Err(e);
             }
         };
-        // What this attempt is about to change goes to disk before the commit:
-        // a crash after the commit then still leaves the record `off` needs.
+        // What this attempt is about to change is kept before the commit: a
+        // crash after the commit then still leaves the record `off` needs.
         // (A crash before it leaves a record of revokes that did not happen;
         // granting those back gives the role only what it already has.)
         let mut state = match earlier {
@@ -497,7 +536,10 @@ impl ReadOnly {
                 sessions_ended: 0,
             },
         };
-        write_state(&state_path, &state).await?;
+        if let Err(e) = keep_state(ctx, &state_path, &state).await {
+            let _ = tx.rollback().await;
+            return Err(e);
+        }
         tx.commit()
             .await
             .map_err(|e| StepError::retryable("cannot commit").with_source(e))?;
@@ -516,7 +558,7 @@ impl ReadOnly {
         };
         let _ = conn.close().await;
         state.sessions_ended += terminated;
-        write_state(&state_path, &state).await?;
+        keep_state(ctx, &state_path, &state).await?;
         ctx.progress(&format!(
             "read-only: {} privilege(s) revoked, {} session(s) ended",
             state.revoked.len(),

@@ -256,3 +256,103 @@ async fn a_crashed_runners_lock_is_freed_with_its_connection() {
     assert_eq!(held.operator, "bob");
     c.close().await.unwrap();
 }
+
+#[tokio::test]
+async fn run_state_lives_in_the_state_table_and_every_runner_of_the_journal_sees_it() {
+    use rollback_core::state::MAX_STATE_BYTES;
+    use rollback_core::StateStore;
+    let Some(admin) = admin_url() else { return };
+    let db = "js Journal State";
+    let _cleanup = drop_at_end(&admin, &[db]);
+    fresh_db(&admin, db).await;
+    let url = url_for(&admin, db);
+    let (dir_a, dir_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let a = store(&url, dir_a.path()).await;
+    let b = store(&url, dir_b.path()).await;
+    // State belongs to runs: two of them, one started by each runner.
+    let executor_a = Executor::new(Arc::new(a.clone()));
+    let executor_b = Executor::new(Arc::new(b.clone()));
+    let first = executor_a
+        .run(&plan("orders", false), RunOptions::new("first"))
+        .await
+        .expect("run A")
+        .run
+        .run_id;
+    let second = executor_b
+        .run(&plan("payments", false), RunOptions::new("second"))
+        .await
+        .expect("run B")
+        .run
+        .run_id;
+
+    assert_eq!(
+        a.get_state(&first, "restore", "intent").await.unwrap(),
+        None
+    );
+    a.put_state(&first, "restore", "intent", b"one".to_vec())
+        .await
+        .unwrap();
+    // Replaced whole, bytes as given (not text).
+    let binary = vec![0u8, 159, 146, 150, b'\n', 0];
+    a.put_state(&first, "restore", "intent", binary.clone())
+        .await
+        .unwrap();
+    a.put_state(&first, "snap", "objects/\"a\".json", b"{}".to_vec())
+        .await
+        .unwrap();
+
+    // The other runner, with its own connections and state directory, reads it.
+    assert_eq!(
+        b.get_state(&first, "restore", "intent").await.unwrap(),
+        Some(binary.clone())
+    );
+    let listed: Vec<(String, String, u64)> = b
+        .list_state(&first)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|e| (e.step, e.name, e.bytes))
+        .collect();
+    assert_eq!(
+        listed,
+        [
+            ("restore".to_string(), "intent".to_string(), 6),
+            ("snap".to_string(), "objects/\"a\".json".to_string(), 2),
+        ]
+    );
+
+    // Another run's state is its own: same step and name, not visible across.
+    b.put_state(&second, "restore", "intent", b"other run".to_vec())
+        .await
+        .unwrap();
+    assert_eq!(
+        a.get_state(&first, "restore", "intent").await.unwrap(),
+        Some(binary)
+    );
+    assert_eq!(
+        a.get_state(&second, "snap", "objects/\"a\".json")
+            .await
+            .unwrap(),
+        None
+    );
+    let names: Vec<String> = a
+        .list_state(&second)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|e| format!("{}/{}", e.step, e.name))
+        .collect();
+    assert_eq!(names, ["restore/intent"]);
+
+    // Too large for the journal store: refused, saying where it belongs.
+    let err = a
+        .put_state(&first, "backup", "dump", vec![0; MAX_STATE_BYTES + 1])
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("shared storage"), "{err}");
+    // Nothing of it is on either runner's disk.
+    for (dir, run) in [(&dir_a, &first), (&dir_b, &first), (&dir_b, &second)] {
+        let local = dir.path().join("runs").join(run).join("state");
+        assert!(!local.exists(), "{} exists", local.display());
+    }
+}

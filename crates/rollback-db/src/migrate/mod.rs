@@ -19,6 +19,7 @@
 pub mod drift;
 pub mod files;
 pub mod guard;
+pub mod intent;
 pub mod ledger;
 
 use std::collections::BTreeMap;
@@ -35,6 +36,7 @@ use serde_json::Value;
 
 use crate::connect::{self, Backend, Db, DbUrl, DEFAULT_CONNECT_TIMEOUT};
 use files::{MigrationFiles, Version};
+use intent::MigrateIntent;
 use ledger::{Ledger, LedgerChange, LedgerChoice, LedgerState};
 
 /// Configuration of the `db.migrate_down` step.
@@ -196,6 +198,12 @@ impl MigrateDown {
             }
         };
         drift::check_positions(&o.dir, &o.files, &o.state, target.as_ref())?;
+        self.plan_to(o, target)
+    }
+
+    /// Which versions to revert to reach `target` (or, without one, the
+    /// configured number of steps), once the folder and ledger are checked.
+    fn plan_to(&self, o: &Opened, target: Option<Version>) -> Result<Vec<Revert>, StepError> {
         let applied_desc = o.state.applied.iter().rev();
         let chosen: Vec<&Version> = match (&target, &self.target) {
             (Some(target), _) => applied_desc.filter(|a| *a > target).collect(),
@@ -461,8 +469,7 @@ impl MigrateDown {
         // Read the ledger again under the lock: someone may have migrated
         // between opening and locking.
         o.state = ledger::read(&mut o.db, o.state.ledger, &o.files).await?;
-        let before = o.state.current.clone();
-        let reverts = self.plan(ctx, o)?;
+        let (intent, reverts) = self.intent_and_reverts(ctx, o).await?;
         if !reverts.is_empty() && !self.allow_data_loss {
             let losses = Self::losses(&mut o.db, &reverts).await?;
             if !losses.is_empty() {
@@ -481,6 +488,10 @@ impl MigrateDown {
                     }
                 }
             }
+        }
+        if let Some(intent) = &intent {
+            // Before the first change: a re-run goes to this same target.
+            ctx.save_intent(intent).await?;
         }
         let mut done = Vec::new();
         for r in &reverts {
@@ -522,19 +533,84 @@ impl MigrateDown {
             done.push(r.version.to_string());
         }
         let after = ledger::read(&mut o.db, o.state.ledger, &o.files).await?;
+        // Over every attempt: what undo applies again.
+        let reverted = match &intent {
+            Some(intent) => intent.reverted_in(&after),
+            None => done,
+        };
+        let before = match &intent {
+            Some(intent) => intent
+                .from
+                .clone()
+                .map(Value::String)
+                .unwrap_or(Value::Null),
+            None => version_value(o.state.current.as_ref()),
+        };
         let mut outputs = Outputs::new();
         outputs.insert("ledger".into(), Value::String(o.state.ledger.to_string()));
         outputs.insert(
             "reverted".into(),
-            Value::Array(done.into_iter().map(Value::String).collect()),
+            Value::Array(reverted.into_iter().map(Value::String).collect()),
         );
-        outputs.insert("version_before".into(), version_value(before.as_ref()));
+        outputs.insert("version_before".into(), before);
         outputs.insert(
             "version_after".into(),
             version_value(after.current.as_ref()),
         );
         outputs.insert("database".into(), Value::String(o.url.database()));
         Ok(outputs)
+    }
+}
+
+impl MigrateDown {
+    /// The intent of this run of the step and the reverts still to do. A
+    /// re-run with the intent of an earlier attempt goes to its target; a
+    /// first attempt plans from the ledger and returns a new intent (`None`
+    /// when there is nothing to revert).
+    async fn intent_and_reverts(
+        &self,
+        ctx: &StepContext,
+        o: &Opened,
+    ) -> Result<(Option<MigrateIntent>, Vec<Revert>), StepError> {
+        let earlier = if ctx.is_rerun() {
+            ctx.load_intent::<MigrateIntent>().await?
+        } else {
+            None
+        };
+        if let Some(earlier) = earlier {
+            let target = earlier.target().ok_or_else(|| {
+                StepError::fatal(format!(
+                    "the intent of step `{}` names `{}`, which is not a version: resume with `--fresh {}` \
+                     after checking the ledger",
+                    ctx.step_id(),
+                    earlier.to,
+                    ctx.step_id()
+                ))
+            })?;
+            ctx.progress(&format!(
+                "an earlier attempt set out to go from {} to {}: continuing to {}",
+                earlier.from.as_deref().unwrap_or("none"),
+                earlier.to,
+                earlier.to
+            ));
+            // The target is a version this step found applied: only the
+            // ledger's current version is checked against the folder.
+            drift::check_positions(&o.dir, &o.files, &o.state, None)?;
+            let reverts = self.plan_to(o, Some(target))?;
+            return Ok((Some(earlier), reverts));
+        }
+        let reverts = self.plan(ctx, o)?;
+        if reverts.is_empty() {
+            return Ok((None, reverts));
+        }
+        let chosen: Vec<&Version> = reverts.iter().map(|r| &r.version).collect();
+        let intent = MigrateIntent {
+            ledger: o.state.ledger.to_string(),
+            from: o.state.current.as_ref().map(|v| v.to_string()),
+            to: intent::target_after(o.state.applied.iter(), &chosen),
+            reverts: chosen.iter().map(|v| v.to_string()).collect(),
+        };
+        Ok((Some(intent), reverts))
     }
 }
 

@@ -166,3 +166,47 @@ pub async fn exec_in(admin: &str, db: &str, sql: &str) {
     c.execute(sql).await.unwrap();
     c.close().await.unwrap();
 }
+
+/// Drops, when it goes away (also when the test fails), every database
+/// whose name starts with one of `prefixes`: what a test created.
+pub struct DropDatabases {
+    /// The superuser URL.
+    pub admin: String,
+    /// Name prefixes of the test's databases.
+    pub prefixes: Vec<String>,
+}
+
+impl Drop for DropDatabases {
+    fn drop(&mut self) {
+        let admin = self.admin.clone();
+        let prefixes = self.prefixes.clone();
+        // Drop runs outside async: a runtime of its own on a thread.
+        let _ = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("runtime");
+            rt.block_on(async {
+                for prefix in prefixes {
+                    for db in databases_like(&admin, &prefix).await {
+                        exec_in(
+                            &admin,
+                            "postgres",
+                            &format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", q(&db)),
+                        )
+                        .await;
+                    }
+                }
+            });
+        })
+        .join();
+    }
+}
+
+/// Drops the test's databases (named by `prefixes`) when the test ends.
+pub fn drop_at_end(admin: &str, prefixes: &[&str]) -> DropDatabases {
+    DropDatabases {
+        admin: admin.to_string(),
+        prefixes: prefixes.iter().map(|p| p.to_string()).collect(),
+    }
+}
