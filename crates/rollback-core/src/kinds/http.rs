@@ -14,7 +14,8 @@ use super::{one_of, OUTPUT_CAP};
 use crate::duration::{millis, HumanDuration};
 use crate::registry::ConfigError;
 use crate::step::{
-    ErrorKind, Measurement, OutputNames, Outputs, Preview, Step, StepContext, StepError, Verifier,
+    error_chain, ErrorKind, Measurement, OutputNames, Outputs, Preview, Step, StepContext,
+    StepError, Verifier,
 };
 
 fn default_method() -> String {
@@ -263,14 +264,12 @@ impl Exchange {
 
 /// The error of a request that got no complete response.
 fn send_error(ctx: &StepContext, what: &str, e: reqwest::Error) -> StepError {
-    let builder = e.is_builder();
     // reqwest's own message rarely says why: the causes do.
-    let chain = StepError::fatal(e.to_string()).with_source(e);
     let message = ctx.redact(&format!(
         "{what} failed: {}: check that the service is up and reachable from here",
-        chain.full_message()
+        error_chain(&e)
     ));
-    let kind = if builder {
+    let kind = if e.is_builder() {
         ErrorKind::Invalid
     } else {
         ErrorKind::Unavailable

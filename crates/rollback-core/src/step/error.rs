@@ -211,18 +211,24 @@ impl StepError {
 
     /// The message followed by its chain of causes, for reports.
     pub fn full_message(&self) -> String {
-        let mut text = self.message.clone();
-        let mut cause = std::error::Error::source(self);
-        while let Some(err) = cause {
-            let part = err.to_string();
-            if !text.contains(&part) {
-                text.push_str(": ");
-                text.push_str(&part);
-            }
-            cause = err.source();
-        }
-        text
+        error_chain(self)
     }
+}
+
+/// An error followed by its causes, `a: b: c`, each cause left out when the
+/// text so far already says it (many errors repeat their cause).
+pub fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = error.to_string();
+    let mut cause = error.source();
+    while let Some(err) = cause {
+        let part = err.to_string();
+        if !text.contains(&part) {
+            text.push_str(": ");
+            text.push_str(&part);
+        }
+        cause = err.source();
+    }
+    text
 }
 
 impl fmt::Display for ErrorKind {

@@ -14,7 +14,7 @@ use crate::event::{Event, RunInfo};
 
 pub(crate) use context::Recorder;
 pub use context::StepContext;
-pub use error::{ErrorKind, StepError};
+pub use error::{error_chain, ErrorKind, StepError};
 
 /// Named results of a step, readable by later steps as `${steps.ID.NAME}`.
 pub type Outputs = BTreeMap<String, serde_json::Value>;
