@@ -71,6 +71,10 @@ pub(crate) fn to_py_err(py: Python<'_>, error: Error) -> PyErr {
                 kwargs.set_item("reason", reason)?;
                 "NotResumable"
             }
+            Error::Permission { what, .. } => {
+                kwargs.set_item("what", what)?;
+                "PermissionDenied"
+            }
             Error::InvalidInput { .. } => "InvalidInput",
             _ => "RollbackError",
         })

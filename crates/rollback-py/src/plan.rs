@@ -107,10 +107,18 @@ fn write_drill_report(
 
 /// Runs (or resumes) with the options' watch, waiting with the GIL released.
 #[allow(clippy::too_many_arguments)]
+/// A resume of a stored run, and what the caller says about it.
+struct Resume {
+    run_id: String,
+    fresh: Vec<String>,
+    programs_ended_on: Vec<String>,
+}
+
+#[allow(clippy::too_many_arguments)]
 fn execute(
     py: Python<'_>,
     plan: Arc<rollback_core::Plan>,
-    resume_id: Option<String>,
+    resume: Option<Resume>,
     reason: String,
     operator: Option<String>,
     yes: bool,
@@ -132,12 +140,16 @@ fn execute(
         options = options.operator(op);
     }
     options.drill = drill;
+    if let Some(r) = &resume {
+        options.fresh = r.fresh.clone();
+        options.programs_ended_on = r.programs_ended_on.clone();
+    }
     let (watch, options) = Watch::new(options, on_event.map(Bound::unbind));
     let store = FileJournal::new(&state_dir);
     let result = watch.drive(py, async move {
         let executor = Executor::new(Arc::new(store));
-        let result = match resume_id {
-            Some(id) => executor.resume(&plan, &id, options).await,
+        let result = match resume {
+            Some(r) => executor.resume(&plan, &r.run_id, options).await,
             None => executor.run(&plan, options).await,
         };
         let notify_wait = plan
@@ -433,7 +445,8 @@ pub(crate) fn show(
 /// unfinished run) with the plan text and variables it started with;
 /// completed steps are not run again. Returns and raises like `Plan.run`.
 #[pyfunction]
-#[pyo3(signature = (run_id, state_dir=None, *, operator=None, yes=false, approved_by=None, on_event=None))]
+#[pyo3(signature = (run_id, state_dir=None, *, operator=None, yes=false, approved_by=None, on_event=None, fresh=None, programs_ended_on=None))]
+#[allow(clippy::too_many_arguments)]
 pub(crate) fn resume(
     py: Python<'_>,
     run_id: String,
@@ -442,6 +455,8 @@ pub(crate) fn resume(
     yes: bool,
     approved_by: Option<BTreeMap<String, String>>,
     on_event: Option<Bound<'_, PyAny>>,
+    fresh: Option<Vec<String>>,
+    programs_ended_on: Option<Vec<String>>,
 ) -> PyResult<Py<RunReport>> {
     let approved_by = approvals(py, approved_by)?;
     let dir = crate::plan::state_dir(state_dir);
@@ -463,10 +478,22 @@ pub(crate) fn resume(
     let path = stored.info.plan_path.as_ref().map(PathBuf::from);
     let plan = load_text(&stored.plan_text, &file, path.as_deref(), &stored.info.vars)
         .map_err(|e| to_py_err(py, e))?;
+    let fresh = fresh.unwrap_or_default();
+    if let Some(unknown) = fresh.iter().find(|f| !plan.steps.iter().any(|s| &s.id == *f)) {
+        return Err(invalid_input(
+            py,
+            &format!("fresh: plan {} has no step `{unknown}`", plan.name),
+        ));
+    }
+    let resume = Resume {
+        run_id,
+        fresh,
+        programs_ended_on: programs_ended_on.unwrap_or_default(),
+    };
     execute(
         py,
         Arc::new(plan),
-        Some(run_id),
+        Some(resume),
         stored.info.reason.clone(),
         operator,
         yes,

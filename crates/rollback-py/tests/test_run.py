@@ -305,12 +305,20 @@ def test_resume_continues_without_rerunning_completed_steps(
     with pytest.raises(rollback.StepFailed) as info:
         plan.run(reason="resume test", state_dir=state_dir)
     fixed.write_text("yes")
-    report = rollback.resume(info.value.run_id, state_dir)
+    with pytest.raises(rollback.InvalidInput, match="has no step `nope`"):
+        rollback.resume(info.value.run_id, state_dir, fresh=["nope"])
+    report = rollback.resume(info.value.run_id, state_dir, fresh=["b"], programs_ended_on=[])
     assert report.run_id == info.value.run_id
     assert report.status == "succeeded"
     assert calls == ["first", "needs_fix", "needs_fix"]
     with pytest.raises(rollback.NotResumable):
         rollback.resume(report.run_id, state_dir)
+
+
+def test_a_permission_error_is_a_permission_denied_with_what_was_being_done() -> None:
+    error = rollback.PermissionDenied("permission denied: taking the plan lock: grant get on leases", what="taking the plan lock")
+    assert isinstance(error, PermissionError) and isinstance(error, rollback.RollbackError)
+    assert error.what == "taking the plan lock"
 
 
 def test_exception_in_event_callback_cancels_the_run(state_dir: Path) -> None:

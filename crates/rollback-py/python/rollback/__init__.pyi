@@ -8,6 +8,7 @@ from ._errors import Cancelled as Cancelled
 from ._errors import Diagnostic as Diagnostic
 from ._errors import InvalidInput as InvalidInput
 from ._errors import JournalError as JournalError
+from ._errors import PermissionDenied as PermissionDenied
 from ._errors import Locked as Locked
 from ._errors import NotResumable as NotResumable
 from ._errors import PlanError as PlanError
@@ -50,6 +51,7 @@ __all__ = [
     "Diagnostic",
     "InvalidInput",
     "JournalError",
+    "PermissionDenied",
     "Locked",
     "NotResumable",
     "Plan",

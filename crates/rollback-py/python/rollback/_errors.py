@@ -106,6 +106,17 @@ class JournalError(RollbackError, OSError):
         RollbackError.__init__(self, message, path=path)
 
 
+class PermissionDenied(RollbackError, PermissionError):
+    """The account the engine runs as may not do something it needs (an API
+    answered 403): ``what`` was being done; the message names the missing
+    verb, resource and namespace and the rule that grants it."""
+
+    what: str
+
+    def __init__(self, message: str, *, what: str) -> None:
+        RollbackError.__init__(self, message, what=what)
+
+
 class TransientError(RollbackError):
     """Raise from a Python step to say another attempt may succeed: the
     step's ``retries:`` apply. Any other exception fails the step at once."""
@@ -199,6 +210,7 @@ __all__ = [
     "JournalError",
     "Locked",
     "NotResumable",
+    "PermissionDenied",
     "PlanError",
     "PlanUnreadable",
     "PreflightFailed",

@@ -215,6 +215,8 @@ def resume(
     yes: bool = False,
     approved_by: dict[str, str] | None = None,
     on_event: Callable[[dict[str, Any]], object] | None = None,
+    fresh: list[str] | None = None,
+    programs_ended_on: list[str] | None = None,
 ) -> RunReport: ...
 def register_step(
     kind: str,
