@@ -38,5 +38,11 @@ pub use report::{ApprovalRecord, CheckReport, ProgramReport, RunReport, StepRepo
 pub use state::{StateEntry, StateStore};
 pub use step::{
     ErrorKind, Measurement, Notifier, OutputNames, Outputs, Preview, Step, StepContext, StepError,
-    Verifier,
+    StepOutputs, Verifier,
 };
+
+#[doc(hidden)]
+pub use serde as __serde;
+
+// `step_outputs!` names serde through this crate's path, inside it too.
+extern crate self as rollback_core;

@@ -479,7 +479,10 @@ pub(crate) fn resume(
     let plan = load_text(&stored.plan_text, &file, path.as_deref(), &stored.info.vars)
         .map_err(|e| to_py_err(py, e))?;
     let fresh = fresh.unwrap_or_default();
-    if let Some(unknown) = fresh.iter().find(|f| !plan.steps.iter().any(|s| &s.id == *f)) {
+    if let Some(unknown) = fresh
+        .iter()
+        .find(|f| !plan.steps.iter().any(|s| &s.id == *f))
+    {
         return Err(invalid_input(
             py,
             &format!("fresh: plan {} has no step `{unknown}`", plan.name),

@@ -6,7 +6,7 @@ use serde::Deserialize;
 
 use crate::approval::ApprovalRequest;
 use crate::registry::ConfigError;
-use crate::step::{OutputNames, Outputs, Preview, Step, StepContext, StepError};
+use crate::step::{OutputNames, Outputs, Preview, Step, StepContext, StepError, StepOutputs};
 
 /// Configuration of the `confirm` step.
 #[derive(Debug, Deserialize, JsonSchema)]
@@ -37,6 +37,16 @@ impl Confirm {
     }
 }
 
+crate::step_outputs! {
+    /// What a `confirm` step returns.
+    pub struct ConfirmOutputs {
+        /// Who approved.
+        pub approved_by: String,
+        /// How (`interactive`, `--yes`, `--approved-by`).
+        pub method: String,
+    }
+}
+
 #[async_trait]
 impl Step for Confirm {
     fn describe(&self) -> String {
@@ -44,7 +54,7 @@ impl Step for Confirm {
     }
 
     fn outputs(&self) -> OutputNames {
-        OutputNames::Fixed(&["approved_by", "method"])
+        ConfirmOutputs::names()
     }
 
     async fn preview(&self, ctx: &StepContext) -> Result<Preview, StepError> {
@@ -69,10 +79,11 @@ impl Step for Confirm {
             .approve(&request)
             .await
             .map_err(StepError::fatal)?;
-        let mut outputs = Outputs::new();
-        outputs.insert("approved_by".into(), approval.approved_by.into());
-        outputs.insert("method".into(), approval.method.into());
-        Ok(outputs)
+        Ok(ConfirmOutputs {
+            approved_by: approval.approved_by,
+            method: approval.method,
+        }
+        .into_outputs())
     }
 }
 

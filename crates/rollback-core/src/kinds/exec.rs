@@ -11,7 +11,7 @@ use super::one_of;
 use crate::process::{describe_status, display_argv, OnResume, Program};
 use crate::registry::ConfigError;
 use crate::step::{
-    Measurement, OutputNames, Outputs, Preview, Step, StepContext, StepError, Verifier,
+    Measurement, OutputNames, Outputs, Preview, Step, StepContext, StepError, StepOutputs, Verifier,
 };
 
 fn default_expect_exit() -> Vec<i32> {
@@ -93,6 +93,18 @@ fn check_expect_exit(expect_exit: &[i32]) -> Result<(), ConfigError> {
     }
 }
 
+crate::step_outputs! {
+    /// What an `exec` step returns.
+    pub struct ExecOutputs {
+        /// The end of its stdout (the last 64 KiB).
+        pub stdout: String,
+        /// The end of its stderr.
+        pub stderr: String,
+        /// Its exit code.
+        pub exit_code: i32,
+    }
+}
+
 /// The `exec` step.
 #[derive(Debug)]
 pub struct Exec {
@@ -118,7 +130,7 @@ impl Step for Exec {
     }
 
     fn outputs(&self) -> OutputNames {
-        OutputNames::Fixed(&["stdout", "stderr", "exit_code"])
+        ExecOutputs::names()
     }
 
     async fn preview(&self, ctx: &StepContext) -> Result<Preview, StepError> {
@@ -141,17 +153,12 @@ impl Step for Exec {
         .run(ctx)
         .await?;
         let code = finished.check(ctx, &self.config.expect_exit, &self.config.retry_on_exit)?;
-        let mut outputs = Outputs::new();
-        outputs.insert(
-            "stdout".into(),
-            serde_json::Value::String(finished.stdout.text()),
-        );
-        outputs.insert(
-            "stderr".into(),
-            serde_json::Value::String(finished.stderr.text()),
-        );
-        outputs.insert("exit_code".into(), serde_json::Value::from(code));
-        Ok(outputs)
+        Ok(ExecOutputs {
+            stdout: finished.stdout.text(),
+            stderr: finished.stderr.text(),
+            exit_code: code,
+        }
+        .into_outputs())
     }
 
     fn can_undo(&self) -> bool {

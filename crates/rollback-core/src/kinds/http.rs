@@ -15,7 +15,7 @@ use crate::duration::{millis, HumanDuration};
 use crate::registry::ConfigError;
 use crate::step::{
     error_chain, ErrorKind, Measurement, OutputNames, Outputs, Preview, Step, StepContext,
-    StepError, Verifier,
+    StepError, StepOutputs, Verifier,
 };
 
 fn default_method() -> String {
@@ -352,6 +352,18 @@ impl Http {
     }
 }
 
+crate::step_outputs! {
+    /// What an `http` step returns.
+    pub struct HttpOutputs {
+        /// The response status.
+        pub status: u16,
+        /// The response body (the first 64 KiB).
+        pub body: String,
+        /// Time to the full response.
+        pub latency_ms: u64,
+    }
+}
+
 #[async_trait]
 impl Step for Http {
     fn describe(&self) -> String {
@@ -363,7 +375,7 @@ impl Step for Http {
     }
 
     fn outputs(&self) -> OutputNames {
-        OutputNames::Fixed(&["status", "body", "latency_ms"])
+        HttpOutputs::names()
     }
 
     async fn preview(&self, ctx: &StepContext) -> Result<Preview, StepError> {
@@ -395,11 +407,12 @@ impl Step for Http {
             .await
             .map_err(|e| send_error(ctx, &what, e))?;
         check_status(ctx, &what, &exchange, &self.config.expect_status)?;
-        let mut outputs = Outputs::new();
-        outputs.insert("status".into(), exchange.status.into());
-        outputs.insert("body".into(), exchange.body_with_note().into());
-        outputs.insert("latency_ms".into(), millis(exchange.latency).into());
-        Ok(outputs)
+        Ok(HttpOutputs {
+            status: exchange.status,
+            body: exchange.body_with_note(),
+            latency_ms: millis(exchange.latency),
+        }
+        .into_outputs())
     }
 
     fn can_undo(&self) -> bool {

@@ -3,6 +3,7 @@
 
 mod context;
 mod error;
+mod outputs;
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -15,6 +16,7 @@ use crate::event::{Event, RunInfo};
 pub(crate) use context::Recorder;
 pub use context::StepContext;
 pub use error::{error_chain, ErrorKind, StepError};
+pub use outputs::StepOutputs;
 
 /// Named results of a step, readable by later steps as `${steps.ID.NAME}`.
 pub type Outputs = BTreeMap<String, serde_json::Value>;
