@@ -8,7 +8,6 @@ pub mod exit;
 pub mod output;
 
 use std::io::{IsTerminal, Write};
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -18,9 +17,7 @@ use rollback_core::approval::{
 };
 use rollback_core::executor::parse_vars;
 use rollback_core::journal::default_state_dir;
-use rollback_core::{
-    Error, Executor, FileJournal, JournalStore, Plan, Registry, RunOptions, RunReport,
-};
+use rollback_core::{Error, Executor, Plan, Registry, RunOptions, RunReport};
 use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 
@@ -30,19 +27,7 @@ use crate::output::{Progress, Style};
 /// The kinds this build knows: core's, plus those of the adapters compiled in
 /// (cargo features `notify`, `vault`, `compose`, `db`, `k8s`).
 pub fn registry() -> Registry {
-    #[allow(unused_mut)]
-    let mut registry = Registry::with_core_kinds();
-    #[cfg(feature = "notify")]
-    rollback_notify::register(&mut registry);
-    #[cfg(feature = "vault")]
-    rollback_vault::register(&mut registry);
-    #[cfg(feature = "compose")]
-    rollback_compose::register(&mut registry);
-    #[cfg(feature = "db")]
-    rollback_db::register(&mut registry);
-    #[cfg(feature = "k8s")]
-    rollback_k8s::register(&mut registry);
-    registry
+    rollback::registry()
 }
 
 /// Entry point: returns the process exit code.
@@ -72,95 +57,7 @@ pub fn main() -> i32 {
     runtime.block_on(dispatch(cli))
 }
 
-/// Where runs are journaled: files in the state directory by default, or
-/// PostgreSQL (`--journal postgres://...`) so several runners share one
-/// history and one advisory lock per plan. Run artifacts (backups, reports)
-/// always stay in the local state directory.
-pub(crate) struct Journal {
-    state_dir: PathBuf,
-    store: Arc<dyn JournalStore>,
-    /// Plan locks from elsewhere than the store (a Kubernetes Lease).
-    locker: Option<Arc<dyn rollback_core::PlanLocker>>,
-}
-
-impl Journal {
-    /// An executor on this journal, with its plan locks.
-    fn executor(&self) -> Executor {
-        let executor = Executor::new(self.store.clone());
-        match &self.locker {
-            Some(locker) => executor.with_locker(locker.clone()),
-            None => executor,
-        }
-    }
-
-    /// Plan locks as Leases in `namespace` (in a cluster: the Job's own
-    /// namespace), so runners in different pods exclude each other.
-    #[cfg(feature = "k8s")]
-    async fn lease_locker(
-        state_dir: &std::path::Path,
-        namespace: &str,
-    ) -> rollback_core::Result<Arc<dyn rollback_core::PlanLocker>> {
-        let target = rollback_k8s::Target {
-            kubeconfig: None,
-            context: None,
-            namespace: Some(namespace.to_string()),
-        };
-        let ctx = rollback_core::StepContext::standalone("plan-lock", state_dir);
-        let conn = target
-            .connect(&ctx)
-            .await
-            .map_err(|e| Error::InvalidInput {
-                message: format!(
-                    "--lease-namespace {namespace}: cannot reach the Kubernetes API: {}",
-                    e.full_message()
-                ),
-            })?;
-        Ok(Arc::new(rollback_k8s::LeaseLocker::new(
-            conn,
-            Duration::from_secs(30),
-        )))
-    }
-
-    async fn open(
-        state_dir: PathBuf,
-        url: Option<&str>,
-        lease_namespace: Option<&str>,
-    ) -> rollback_core::Result<Journal> {
-        let locker: Option<Arc<dyn rollback_core::PlanLocker>> = match lease_namespace {
-            None => None,
-            #[cfg(feature = "k8s")]
-            Some(ns) => Some(Self::lease_locker(&state_dir, ns).await?),
-            #[cfg(not(feature = "k8s"))]
-            Some(_) => return Err(Error::InvalidInput {
-                message:
-                    "this build has no Kubernetes support: build rollback with the `k8s` feature"
-                        .into(),
-            }),
-        };
-        let store: Arc<dyn JournalStore> = match url {
-            None => Arc::new(FileJournal::new(&state_dir)),
-            #[cfg(feature = "db")]
-            Some(url) if url.starts_with("postgres://") || url.starts_with("postgresql://") => {
-                Arc::new(rollback_db::PgJournalStore::connect(url, "rollback", &state_dir).await?)
-            }
-            Some(_) if cfg!(feature = "db") => {
-                return Err(Error::InvalidInput {
-                    message: "--journal takes a postgres:// URL (without it, runs are journaled in the state directory)".into(),
-                })
-            }
-            Some(_) => {
-                return Err(Error::InvalidInput {
-                    message: "this build has no PostgreSQL journal: build rollback with the `db` feature".into(),
-                })
-            }
-        };
-        Ok(Journal {
-            state_dir,
-            store,
-            locker,
-        })
-    }
-}
+use rollback::Journal;
 
 /// What a command produced: a document for `--output json`, text for people,
 /// and the exit code.
@@ -173,11 +70,11 @@ struct Outcome {
 async fn dispatch(cli: Cli) -> i32 {
     let format = cli.output;
     let state_dir = cli.state_dir.clone().unwrap_or_else(default_state_dir);
-    let journal = match Journal::open(
+    let journal = match Journal::open(rollback::JournalOptions {
         state_dir,
-        cli.journal.as_deref(),
-        cli.lease_namespace.as_deref(),
-    )
+        url: cli.journal.clone(),
+        lease_namespace: cli.lease_namespace.clone(),
+    })
     .await
     {
         Ok(j) => j,
@@ -592,40 +489,22 @@ async fn resume(
     run: &RunArgs,
     how: &ResumeHow,
 ) -> rollback_core::Result<Outcome> {
-    let store = journal.store.clone();
-    let run_id = rollback_core::journal::resolve_run_id(store.as_ref(), run_id, true).await?;
-    let stored = store.read(&run_id).await?;
-    let file = format!(
-        "{} (as recorded in run {run_id})",
-        stored
-            .info
-            .plan_path
-            .clone()
-            .unwrap_or_else(|| "plan".into())
-    );
-    // The plan as it was when the run started; vars as they were then.
-    let mut plan = Plan::from_yaml(&stored.plan_text, &file, &registry(), &stored.info.vars)?;
-    plan.source.path = stored.info.plan_path.as_ref().map(PathBuf::from);
+    let stored = rollback::stored_run(journal, run_id, &registry()).await?;
+    stored.check_steps(&how.fresh, "--fresh")?;
+    let plan = &stored.plan;
     let executor = journal.executor();
     let progress = Progress::new(plan.budget);
-    let mut options = run_options(run, stored.info.reason.clone(), &progress)?;
-    options.drill = stored.info.drill;
-    for step in &how.fresh {
-        if !plan.steps.iter().any(|s| &s.id == step) {
-            return Err(Error::InvalidInput {
-                message: format!("--fresh {step}: plan {} has no step `{step}`", plan.name),
-            });
-        }
-    }
+    let mut options =
+        stored.with_reason_and_drill(run_options(run, stored.info.reason.clone(), &progress)?);
     options.fresh = how.fresh.clone();
     options.programs_ended_on = how.programs_ended_on.clone();
     let ticker = progress.spawn_ticker();
-    let result = executor.resume(&plan, &run_id, options).await;
+    let result = executor.resume(plan, &stored.run_id, options).await;
     finish_run(
         &executor,
         &progress,
         ticker,
-        &plan,
+        plan,
         result,
         stored.info.drill,
         journal,

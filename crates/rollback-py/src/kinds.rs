@@ -43,19 +43,7 @@ pub(crate) type VarsCell = Arc<Mutex<BTreeMap<String, String>>>;
 
 /// The kinds compiled into this module (core and the enabled adapters).
 fn builtin_registry() -> Registry {
-    #[allow(unused_mut)]
-    let mut registry = Registry::with_core_kinds();
-    #[cfg(feature = "db")]
-    rollback_db::register(&mut registry);
-    #[cfg(feature = "notify")]
-    rollback_notify::register(&mut registry);
-    #[cfg(feature = "vault")]
-    rollback_vault::register(&mut registry);
-    #[cfg(feature = "compose")]
-    rollback_compose::register(&mut registry);
-    #[cfg(feature = "k8s")]
-    rollback_k8s::register(&mut registry);
-    registry
+    rollback::registry()
 }
 
 /// The registry plans are loaded with: built-in kinds plus the Python kinds

@@ -460,39 +460,29 @@ pub(crate) fn resume(
 ) -> PyResult<Py<RunReport>> {
     let approved_by = approvals(py, approved_by)?;
     let dir = crate::plan::state_dir(state_dir);
-    let store = FileJournal::new(&dir);
+    let journal = rollback::Journal {
+        state_dir: dir.clone(),
+        store: Arc::new(FileJournal::new(&dir)),
+        locker: None,
+    };
+    // Python steps read the plan's variables once it is rebuilt.
+    let vars = VarsCell::default();
+    let registry = registry(&vars);
     let stored = block_on(py, async move {
-        let id = rollback_core::journal::resolve_run_id(&store, &run_id, true).await?;
-        store.read(&id).await
+        rollback::stored_run(&journal, &run_id, &registry).await
     })?
     .map_err(|e| to_py_err(py, e))?;
-    let run_id = stored.info.run_id.clone();
-    let file = format!(
-        "{} (as recorded in run {run_id})",
-        stored
-            .info
-            .plan_path
-            .clone()
-            .unwrap_or_else(|| "plan".into())
-    );
-    let path = stored.info.plan_path.as_ref().map(PathBuf::from);
-    let plan = load_text(&stored.plan_text, &file, path.as_deref(), &stored.info.vars)
-        .map_err(|e| to_py_err(py, e))?;
+    *vars.lock().expect("vars") = stored.plan.vars.clone();
     let fresh = fresh.unwrap_or_default();
-    if let Some(unknown) = fresh
-        .iter()
-        .find(|f| !plan.steps.iter().any(|s| &s.id == *f))
-    {
-        return Err(invalid_input(
-            py,
-            &format!("fresh: plan {} has no step `{unknown}`", plan.name),
-        ));
-    }
+    stored
+        .check_steps(&fresh, "fresh:")
+        .map_err(|e| to_py_err(py, e))?;
     let resume = Resume {
-        run_id,
+        run_id: stored.run_id.clone(),
         fresh,
         programs_ended_on: programs_ended_on.unwrap_or_default(),
     };
+    let plan = stored.plan.clone();
     execute(
         py,
         Arc::new(plan),
